@@ -1,0 +1,171 @@
+"""The in-memory dataset container, the `data:` config section, and the deterministic split.
+
+Every dataset in genlab is small enough to live in memory as one tensor: training draws
+batches by index from a per-step `torch.Generator` (exact resume by construction), so there is
+no loader state and no per-step decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+KINDS = ("image", "vector")
+SPLITS = ("train", "test")
+
+# The train/test split never depends on the run seed: every family, every seed and the
+# evaluator must agree on which examples are held out.
+SPLIT_SEED = 0
+
+# Bounds on `DataSpec` values, chosen so that a typo (resolution=16000, n=1e12) is a clear
+# validation error rather than an out-of-memory crash minutes later.
+MIN_RESOLUTION = 4
+MAX_RESOLUTION = 1024
+MAX_TOY_SAMPLES = 10_000_000  # (10M, 2) float32 = 80 MB
+
+
+@dataclass(frozen=True)
+class TensorData:
+    """A whole dataset split held in memory: examples `x`, optional labels `y`, and metadata.
+
+    Args:
+        x: (N, C, H, W) float32 in [-1, 1] for `kind="image"`; (N, D) float32 for `kind="vector"`.
+        y: (N,) int64 class labels in [0, num_classes), or None for unlabelled data.
+        kind: "image" or "vector".
+        name: the dataset name as the user wrote it ("digits", "8gaussians", "folder:PATH").
+        class_names: names of the classes, index i naming label i (empty when unlabelled).
+        modes: (M, D) known mode centres of a toy mixture, None otherwise.
+        mode_std: per-coordinate standard deviation of each mode (for mode-coverage metrics).
+    """
+
+    x: Tensor
+    y: Tensor | None
+    kind: str
+    name: str
+    class_names: tuple[str, ...] = ()
+    modes: Tensor | None = None
+    mode_std: float | None = None
+
+    def __post_init__(self) -> None:
+        """Check shapes, dtypes and ranges once, at the boundary, so consumers can trust them."""
+        if self.kind not in KINDS:
+            raise ValueError(f"TensorData.kind must be one of {KINDS}, got {self.kind!r}")
+        want_dim = 4 if self.kind == "image" else 2
+        if self.x.dim() != want_dim:
+            raise ValueError(f"{self.kind} data needs x of dim {want_dim}, got shape {tuple(self.x.shape)}")
+        if self.x.dtype != torch.float32:
+            raise ValueError(f"TensorData.x must be float32, got {self.x.dtype}")
+        if self.kind == "image" and self.x.numel() > 0:
+            lo, hi = float(self.x.min()), float(self.x.max())
+            if not (-1.0 <= lo and hi <= 1.0):
+                raise ValueError(f"image data must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+        if self.y is not None:
+            if self.y.shape != (self.x.shape[0],) or self.y.dtype != torch.int64:
+                raise ValueError(
+                    f"TensorData.y must be int64 of shape ({self.x.shape[0]},), "
+                    f"got {self.y.dtype} {tuple(self.y.shape)}"
+                )
+            if self.class_names and self.y.numel() > 0 and int(self.y.max()) >= len(self.class_names):
+                raise ValueError(f"label {int(self.y.max())} has no entry in class_names {self.class_names}")
+        if self.modes is not None and (self.modes.dim() != 2 or self.modes.shape[1] != self.x.shape[-1]):
+            raise ValueError(f"modes must be (M, {self.x.shape[-1]}), got {tuple(self.modes.shape)}")
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes for labelled data, None for unlabelled data."""
+        if self.y is None:
+            return None
+        if self.class_names:
+            return len(self.class_names)
+        return int(self.y.max()) + 1 if self.y.numel() > 0 else 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one example: (C, H, W) for images, (D,) for vectors."""
+        return tuple(self.x.shape[1:])
+
+    def __len__(self) -> int:
+        """Number of examples N."""
+        return int(self.x.shape[0])
+
+    def select(self, index: Tensor) -> TensorData:
+        """Return the examples at `index` ((K,) int64) with the same metadata."""
+        y = None if self.y is None else self.y[index]
+        return dataclasses.replace(self, x=self.x[index], y=y)
+
+
+class DataSpec(BaseModel):
+    """The `data:` section of a run config: which dataset, at what size, and how to split it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("digits", min_length=1, description='a registry name (see `genlab list`) or "folder:PATH"')
+    resolution: int | None = Field(
+        None,
+        ge=MIN_RESOLUTION,
+        le=MAX_RESOLUTION,
+        description="image side in pixels; digits default 16, folder default native size",
+    )
+    n: int = Field(50_000, ge=1, le=MAX_TOY_SAMPLES, description="training samples drawn for toy datasets")
+    skip_bad: bool = Field(False, description="folder: skip unreadable images (and report how many) instead of failing")
+    channels: Literal[1, 3] | None = Field(
+        None, description="folder: 1 = grayscale, 3 = RGB; None = the mode of the first image"
+    )
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of examples held out for evaluation")
+
+
+def check_split(split: str) -> None:
+    """Raise ValueError unless `split` is "train" or "test" (a programming error, not user input)."""
+    if split not in SPLITS:
+        raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
+
+
+def n_held_out(n: int, test_fraction: float) -> int:
+    """Test-set size for a group of `n` examples: round(n * f), but always leave one for training."""
+    # Round half up (not Python's banker's rounding) so the count is the obvious one.
+    return max(0, min(n - 1, math.floor(n * test_fraction + 0.5)))
+
+
+def split_indices(
+    n: int, test_fraction: float, y: Tensor | None = None, seed: int = SPLIT_SEED
+) -> tuple[Tensor, Tensor]:
+    """Deterministic train/test split of `range(n)`, stratified by class when labels are given.
+
+    Each class c with n_c examples puts `n_held_out(n_c, test_fraction)` of them, chosen by a
+    permutation from a generator seeded with `seed`, in the test set; so class proportions
+    are the same in both splits (up to rounding) and the split is the same on every machine.
+
+    Args:
+        n: number of examples.
+        test_fraction: fraction held out, in (0, 1).
+        y: (n,) int64 labels, or None for an unstratified split.
+        seed: seed of the permutation; fixed by default, independent of the run seed.
+
+    Returns:
+        (train_idx, test_idx): sorted int64 index tensors, disjoint, covering range(n).
+    """
+    if y is not None and y.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+    generator = torch.Generator().manual_seed(seed)
+    groups = [torch.arange(n)] if y is None else [torch.nonzero(y == c).flatten() for c in torch.unique(y)]
+    test_parts = []
+    for members in groups:
+        perm = members[torch.randperm(len(members), generator=generator)]
+        test_parts.append(perm[: n_held_out(len(members), test_fraction)])
+    is_test = torch.zeros(n, dtype=torch.bool)
+    if test_parts:
+        is_test[torch.cat(test_parts)] = True
+    return torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
+
+
+def take_split(data: TensorData, split: str, test_fraction: float) -> TensorData:
+    """Return the `split` part of `data` under the deterministic stratified split."""
+    check_split(split)
+    train_idx, test_idx = split_indices(len(data), test_fraction, data.y)
+    return data.select(train_idx if split == "train" else test_idx)
