@@ -1,0 +1,207 @@
+"""The `genlab` command line: parses, builds objects from config, calls the library.
+
+Heavy modules (torch, Lightning) are imported inside the commands so `genlab --help` is instant.
+Every user error is one line on stderr and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (argparse already exits with code 2)."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    p = _Parser(prog="genlab", description="Train, sample, evaluate and compare generative models.")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Lightning's own messages and warnings")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model from a YAML config (or resume a run)",
+                       description="Train a model described by a YAML config, writing a run folder "
+                                   "(config.yaml, checkpoints/, samples/, metrics.csv, tb/).",
+                       epilog="example: genlab train configs/digits-diffusion.yaml optim.lr=1e-3 --max-time 300")
+    t.add_argument("config", nargs="?", help="YAML config (see configs/); omit with --resume")
+    t.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override config keys, e.g. trainer.max_steps=500 model.unet.channels=32")
+    t.add_argument("--out", help="run folder to write (default: runs/<name>)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
+    t.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
+                   help="stop after this wall-clock budget, with a final checkpoint")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run",
+                       description="Draw samples from the latest checkpoint of a run and write a PNG grid "
+                                   "(or a 2-D scatter plot) or the raw samples as .npz (array `samples`).",
+                       epilog="example: genlab sample runs/digits-diffusion -n 64 --sampler dpmpp-2m --steps 20 --out grid.png")
+    s.add_argument("run", metavar="RUN_DIR", help="a run folder written by `genlab train`")
+    s.add_argument("-n", type=_positive_int, default=64, help="number of samples (default 64)")
+    s.add_argument("--sampler", help="sampler name (see `genlab list`); default: the run's")
+    s.add_argument("--steps", type=_positive_int, help="sampling steps; default: the run's")
+    s.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    s.add_argument("--out", default="samples.png", help="output file: .png or .npz (default samples.png)")
+    s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights (default)")
+    s.add_argument("--class", dest="label", type=_nonneg_int, help="class label for class-conditional models")
+    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
+    s.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch")
+
+    sub.add_parser("list", help="list datasets, schedules, samplers, architectures and families",
+                   description="List every registered dataset, noise schedule, sampler, architecture and family.")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `genlab` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from genlab import __version__
+
+        print(f"genlab {__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    _quiet(args.verbose)
+    from genlab.errors import GenlabError
+
+    try:
+        return COMMANDS[args.command](args)
+    except GenlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print("error: out of memory; use a smaller batch size, resolution or network", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _quiet(verbose: bool) -> None:
+    """Keep the terminal for genlab's own progress: silence Lightning's banners unless --verbose."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if verbose:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
+    warnings.filterwarnings("ignore", category=UserWarning, message=r".*(treespec|weights_only|eval mode).*")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # DDP children inherit it
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_train(args) -> int:
+    from genlab.config import ConfigError, load_config, parse_override
+
+    if args.resume:
+        if args.config is not None and "=" not in args.config:
+            raise ConfigError("give either a CONFIG or --resume RUN_DIR, not both")
+        overrides = ([args.config] if args.config else []) + list(args.overrides)
+        for text in overrides:
+            if parse_override(text)[0][0] != "trainer":
+                raise ConfigError(f'cannot change "{text}" when resuming: only trainer.* keys may change')
+        run = Path(args.resume)
+        from genlab.runs import CONFIG_YAML, read_run
+
+        read_run(run)  # a clear error when RUN_DIR is not a run
+        cfg = load_config(run / CONFIG_YAML, overrides + _max_time(args))
+        out, resume = run, True
+    else:
+        if args.config is None:
+            raise ConfigError("give a config file, e.g. `genlab train configs/digits-diffusion.yaml`, or --resume RUN_DIR")
+        cfg = load_config(args.config, list(args.overrides) + _max_time(args))
+        out, resume = Path(args.out or Path("runs") / cfg.name), False
+    from genlab.train import train
+
+    train(cfg, out, resume=resume)
+    print(f"run folder: {out}")
+    return 0
+
+
+def _max_time(args) -> list[str]:
+    return [f"trainer.max_time={args.max_time}"] if args.max_time else []
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from genlab.imageio import save_samples
+    from genlab.runs import load_run_model
+
+    model = load_run_model(Path(args.run))
+    g = torch.Generator().manual_seed(args.seed)
+    samples = model.sample(args.n, generator=g, ema=args.ema, sampler=args.sampler, steps=args.steps,
+                           label=args.label, guidance=args.guidance, batch_size=args.batch_size)
+    path = save_samples(samples, args.out)
+    print(f"wrote {len(samples)} samples to {path}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from genlab.data.registry import describe_datasets
+    from genlab.diffusion.samplers import SAMPLERS
+    from genlab.diffusion.schedules import BETA_SCHEDULES
+    from genlab.models.specs import FAMILY_SPECS
+    from genlab.nn import ARCHITECTURES
+
+    sections = {
+        "datasets": describe_datasets(),
+        "noise schedules": {name: fn.__doc__.strip().splitlines()[0] for name, fn in BETA_SCHEDULES.items()},
+        "samplers": {name: fn.__doc__.strip().splitlines()[0] for name, fn in SAMPLERS.items()},
+        "architectures": {name: (cls.__doc__ or "").strip().splitlines()[0] for name, cls in ARCHITECTURES.items()},
+        "families": {name: (spec.__doc__ or "").strip().splitlines()[0] for name, spec in FAMILY_SPECS.items()},
+    }
+    for title, entries in sections.items():
+        print(f"{title}:")
+        width = max(len(k) for k in entries)
+        for name, text in entries.items():
+            print(f"  {name:<{width}}  {text}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "list": cmd_list}
+
+if __name__ == "__main__":
+    sys.exit(main())

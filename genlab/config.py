@@ -1,0 +1,192 @@
+"""Run configs: typed sections composed into one RunConfig, loaded from YAML with `key=value`
+command-line overrides, and written back resolved into the run folder.
+
+Every mistake is a ConfigError with one line: the file or key, what is wrong, and the fix
+("unknown key model.unet.chanels (did you mean "channels"?)").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from genlab.data.base import DataSpec
+from genlab.errors import ConfigError, did_you_mean, unknown_name_error
+from genlab.models.specs import FAMILY_SPECS, Spec
+
+
+class OptimSpec(Spec):
+    """Optimiser, batch, learning-rate schedule, gradient clipping and EMA (applied by the trainer)."""
+
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    batch_size: int = Field(128, ge=1, le=65_536, description="examples per optimiser step, all devices together")
+    warmup_steps: int = Field(200, ge=0, description="linear learning-rate warm-up")
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="after warm-up")
+    grad_clip: float | None = Field(1.0, gt=0.0, description="clip the global gradient norm (None: off)")
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0, description="EMA of weights (0: EMA = latest weights)")
+    ema_warmup: bool = Field(True, description="EMA decay min(decay, (1 + t) / (10 + t)) early in training")
+    accumulate: int = Field(1, ge=1, le=1024, description="micro-batches per optimiser step")
+
+
+class TrainerSpec(Spec):
+    """How long and where to train, and how often to log, checkpoint and sample."""
+
+    max_steps: int = Field(2000, ge=1, le=100_000_000)
+    max_time: float | None = Field(None, gt=0.0, description="wall-clock budget in seconds (final checkpoint at the end)")
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = Field("32", description="bf16-mixed: bf16 autocast")
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: int = Field(1, ge=1, le=1024)
+    num_nodes: int = Field(1, ge=1, le=4096)
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
+    log_every: int = Field(25, ge=1)
+    ckpt_every: int = Field(500, ge=1, description="checkpoint every N steps (and always at the end)")
+    keep_last: int = Field(3, ge=1, description="checkpoints kept")
+    sample_every: int = Field(1000, ge=1, description="write an EMA sample grid every N steps (and at the end)")
+    sample_n: int = Field(64, ge=1, le=4096)
+    compile: bool = Field(False, description="torch.compile the network (~50 s compile, ~10% faster on CPU)")
+    progress: bool = True
+
+
+class RunConfig(Spec):
+    """A whole training run. `model` is validated by the spec of `family`."""
+
+    name: str = Field("run", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    family: str = "diffusion"
+    seed: int = Field(0, ge=0, lt=2**63)
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: Any = None
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+
+
+SECTION_SPECS: dict[str, type[BaseModel]] = {"data": DataSpec, "optim": OptimSpec, "trainer": TrainerSpec}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split "a.b.c=value" into (["a", "b", "c"], value), the value parsed as a YAML scalar or list."""
+    if "=" not in text:
+        raise ConfigError(f'override "{text}" is not of the form key=value (e.g. optim.lr=3e-4)')
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f'override "{text}" has an empty key; write e.g. trainer.max_steps=100')
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # a plain string such as "folder:/data/x: y"
+    return key.split("."), value
+
+
+def _set(tree: dict, path: list[str], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[path[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with the safe loader; a missing, unreadable or malformed file is a ConfigError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; see configs/ for examples") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path} is a folder, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must be a mapping of sections (data:, model:, ...), not {type(tree).__name__}")
+    return tree
+
+
+def build_config(tree: dict, overrides: list[str] = (), source: str = "config") -> RunConfig:
+    """Apply `key=value` overrides to a raw config tree and validate it into a RunConfig."""
+    tree = _deep_copy(tree)
+    for text in overrides:
+        path, value = parse_override(text)
+        _set(tree, path, value)
+    family = tree.get("family", "diffusion")
+    if family not in FAMILY_SPECS:
+        raise unknown_name_error("family", family, FAMILY_SPECS, ConfigError)
+    model_tree = tree.pop("model", None) or {}
+    try:
+        cfg = RunConfig.model_validate(tree)
+        model = FAMILY_SPECS[family].model_validate(model_tree)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_explain(e, family)}") from None
+    cfg.model = model
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Load a YAML run config and apply command-line overrides."""
+    return build_config(read_yaml(path), overrides, source=str(path))
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """The resolved config as plain YAML-able data (tuples as lists)."""
+    out = cfg.model_dump(mode="json")
+    out["model"] = cfg.model.model_dump(mode="json")
+    return out
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically: temp file, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _deep_copy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deep_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(v) for v in tree]
+    return tree
+
+
+def _explain(e: ValidationError, family: str) -> str:
+    """Turn pydantic's first error into one line: the dotted key, the problem, a suggestion."""
+    err = e.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    in_model = e.title != "RunConfig"
+    key = ".".join((["model"] if in_model else []) + loc)
+    if err["type"] == "extra_forbidden":
+        parent = _spec_at(FAMILY_SPECS[family] if in_model else RunConfig, loc[:-1])
+        fields = list(parent.model_fields) if parent is not None else []
+        hint = did_you_mean(loc[-1], fields)
+        return f'unknown key {key}{hint}; valid keys here: {", ".join(fields)}'
+    got = err.get("input")
+    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    return f"bad value for {key}: {err['msg']}{shown}"
+
+
+def _spec_at(spec: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """The pydantic model class found by following `path` of field names from `spec`."""
+    for part in path:
+        field = spec.model_fields.get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            spec = ann
+        else:
+            return None
+    return spec

@@ -1,0 +1,90 @@
+"""Training batches as a pure function of (seed, step): exact resume and rank splits by construction.
+
+The examples of optimiser step k are positions [k B, (k + 1) B) of an endless stream made of
+one random permutation of the dataset per epoch, each permutation drawn from a generator
+seeded by (seed, epoch). So a run resumed at step k sees exactly the batches the uninterrupted
+run saw, without saving any loader state, and each of R ranks takes its own slice of the same
+global batch. Every micro-batch also carries a seed, from which the model draws all of its own
+randomness (noise levels, noise, label dropout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import IterableDataset
+
+from genlab.data.base import TensorData
+from genlab.errors import ConfigError
+
+_MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads consecutive integers over the seed space
+_MASK = (1 << 63) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed that is a deterministic function of integers `parts` (a splitmix64-style hash)."""
+    h = 0
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * _MIX & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & _MASK
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the n examples in `epoch`: (n,) int64."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 1, epoch)))
+
+
+def step_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Dataset indices of the global batch of optimiser step `step`: (batch_size,) int64."""
+    start, stop = step * batch_size, (step + 1) * batch_size
+    parts = []
+    for epoch in range(start // n, (stop - 1) // n + 1):
+        lo, hi = max(start, epoch * n) - epoch * n, min(stop, (epoch + 1) * n) - epoch * n
+        parts.append(epoch_permutation(n, seed, epoch)[lo:hi])
+    return torch.cat(parts)
+
+
+class StepBatches(IterableDataset):
+    """Endless micro-batches {"x", "y", "seed"} from optimiser step `start_step` on, for one rank.
+
+    Args:
+        data: the training split, held in memory.
+        batch_size: global batch per optimiser step (all ranks and micro-batches together).
+        seed: the run seed.
+        start_step: the first optimiser step to produce (the resumed global step).
+        rank, world_size: this process's slice of each global batch.
+        accumulate: micro-batches per optimiser step.
+    """
+
+    def __init__(self, data: TensorData, batch_size: int, seed: int, start_step: int = 0,
+                 rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
+        if batch_size % (world_size * accumulate):
+            raise ConfigError(
+                f"optim.batch_size={batch_size} must be divisible by devices x accumulate = {world_size * accumulate}"
+            )
+        if batch_size > len(data):
+            raise ConfigError(
+                f"optim.batch_size={batch_size} is larger than the dataset ({len(data)} examples); "
+                f"use optim.batch_size<={len(data)}"
+            )
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.start_step, self.rank, self.world_size, self.accumulate = start_step, rank, world_size, accumulate
+
+    def batch(self, step: int, micro: int = 0) -> dict:
+        """The micro-batch `micro` of this rank at optimiser step `step`."""
+        idx = step_indices(len(self.data), self.batch_size, self.seed, step)
+        per_rank = self.batch_size // self.world_size
+        per_micro = per_rank // self.accumulate
+        lo = self.rank * per_rank + micro * per_micro
+        idx = idx[lo : lo + per_micro]
+        y = self.data.y[idx] if self.data.y is not None else torch.full((len(idx),), -1, dtype=torch.long)
+        return {"x": self.data.x[idx], "y": y, "seed": mix_seed(self.seed, 2, step, self.rank, micro)}
+
+    def __iter__(self) -> Iterator[dict]:
+        step = self.start_step
+        while True:
+            for micro in range(self.accumulate):
+                yield self.batch(step, micro)
+            step += 1

@@ -1,0 +1,87 @@
+"""The face every family shares: a LightningModule holding `net` and its EMA copy `ema_net`,
+`training_step`, `sample(n, ...)`, and one optimiser set-up driven by OptimSpec.
+
+The EMA *update rule* lives in the trainer (genlab/train.py); the module only owns the copy,
+so it is saved in the state dict, restored on resume, and used by `sample`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from genlab.data.base import TensorData
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about its data: example shape, kind, classes, scale."""
+
+    shape: tuple[int, ...]  # (C, H, W) or (D,)
+    kind: str  # "image" or "vector"
+    num_classes: int | None
+    std: float  # standard deviation of the training data (EDM's sigma_data when "auto")
+
+    @classmethod
+    def of(cls, data: TensorData) -> DataInfo:
+        """Describe a training split."""
+        return cls(tuple(data.shape), data.kind, data.num_classes, float(data.x.float().std()))
+
+    def to_dict(self) -> dict:
+        """JSON-able form, stored beside checkpoints so a run can be rebuilt without its data."""
+        return {"shape": list(self.shape), "kind": self.kind, "num_classes": self.num_classes, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataInfo:
+        """Inverse of `to_dict`."""
+        return cls(tuple(d["shape"]), d["kind"], d["num_classes"], float(d["std"]))
+
+
+class GenerativeModule(pl.LightningModule):
+    """Base class of every family: `net`, `ema_net`, the optimiser, and the shared sampling face.
+
+    A family adds `training_step(batch, i)` (batch = {"x", "y", "seed"}, see data/batches.py;
+    all randomness from `torch.Generator().manual_seed(batch["seed"])`) and
+    `sample(n, *, generator=None, ema=True, **opts) -> (n, *info.shape)`.
+    """
+
+    def __init__(self, net: nn.Module, info: DataInfo, optim) -> None:
+        super().__init__()
+        self.net = net
+        self.ema_net = copy.deepcopy(net).requires_grad_(False).eval()
+        self.info = info
+        self.optim = optim
+
+    def sampling_net(self, ema: bool = True) -> nn.Module:
+        """The network used for sampling: the EMA copy (default) or the raw weights."""
+        return self.ema_net if ema else self.net
+
+    def configure_optimizers(self):
+        """AdamW with linear warm-up, then constant or cosine decay (one set-up for every family)."""
+        o = self.optim
+        opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        max_steps = max(1, self.trainer.max_steps) if self._trainer is not None else 1
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lr_multiplier(o.warmup_steps, o.lr_schedule, max_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self.ema_net.eval()
+
+
+def lr_multiplier(warmup_steps: int, schedule: str, max_steps: int):
+    """Learning-rate factor at step t: linear warm-up to 1, then constant or half-cosine to 0."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor

@@ -1,0 +1,165 @@
+"""The diffusion family: a denoising network trained with any preconditioning, noise-level
+density, weighting and loss of genlab.diffusion, sampled with any registered sampler."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from genlab.diffusion.guidance import X0_POSTPROCESS, classifier_free_guidance
+from genlab.diffusion.objectives import LOSSES, WEIGHTINGS, diffusion_loss, pseudo_huber_loss
+from genlab.diffusion.precond import EDMPrecond, Preconditioner, VPPrecond, precondition
+from genlab.diffusion.samplers import TIMESTEP_SAMPLERS, get_sampler
+from genlab.diffusion.schedules import (
+    DiscreteSchedule,
+    sample_sigmas_discrete,
+    sample_sigmas_lognormal,
+    sigmas_from_timesteps,
+    sigmas_karras,
+)
+from genlab.errors import ConfigError
+from genlab.models.base import DataInfo, GenerativeModule
+from genlab.models.specs import DiffusionSpec
+from genlab.nn import MLPDenoiser, UNet
+
+
+def build_network(spec: DiffusionSpec, info: DataInfo) -> nn.Module:
+    """The denoising network F(x, c_noise, cond) for data described by `info`."""
+    num_classes = _num_classes(spec, info)
+    if spec.net == "unet":
+        if info.kind != "image":
+            raise ConfigError(f"model.net=unet needs image data, but the data are {info.shape} vectors; use model.net=mlp")
+        c, h, w = info.shape
+        if h != w:
+            raise ConfigError(f"model.net=unet needs square images, got {h}x{w}; set data.resolution")
+        return UNet(in_channels=c, out_channels=c, resolution=h, num_classes=num_classes, **spec.unet.model_dump())
+    if info.kind != "vector":
+        raise ConfigError(f"model.net=mlp needs vector data, but the data are {info.shape} images; use model.net=unet")
+    return MLPDenoiser(dim=info.shape[0], num_classes=num_classes, **spec.mlp.model_dump())
+
+
+def build_precond(spec: DiffusionSpec, info: DataInfo) -> Preconditioner:
+    """EDM preconditioning (sigma_data measured when "auto") or a VP network with its schedule."""
+    if spec.precond == "edm":
+        sigma_data = info.std if spec.sigma_data == "auto" else float(spec.sigma_data)
+        if not spec.sigma_min < spec.sigma_max:
+            raise ConfigError(f"model.sigma_min={spec.sigma_min} must be below model.sigma_max={spec.sigma_max}")
+        return EDMPrecond(sigma_data=sigma_data, sigma_min=spec.sigma_min, sigma_max=spec.sigma_max)
+    schedule = DiscreteSchedule.from_name(spec.schedule, spec.timesteps, spec.zero_terminal_snr)
+    return VPPrecond(schedule, spec.prediction)
+
+
+def _num_classes(spec: DiffusionSpec, info: DataInfo) -> int | None:
+    if not spec.class_cond:
+        return None
+    if not info.num_classes:
+        raise ConfigError("model.class_cond=true needs labelled data (class sub-folders, digits or a gaussian mixture)")
+    return info.num_classes
+
+
+class DiffusionModel(GenerativeModule):
+    """Diffusion model: `training_step` calls the pure loss; `sample` runs a registered sampler."""
+
+    def __init__(self, spec: DiffusionSpec, info: DataInfo, optim) -> None:
+        super().__init__(build_network(spec, info), info, optim)
+        self.spec = spec
+        self.precond = build_precond(spec, info)
+        self.num_classes = _num_classes(spec, info)
+        self.loss_fn = partial(pseudo_huber_loss, c=spec.huber_c) if spec.loss == "pseudo-huber" else LOSSES[spec.loss]
+        weight = WEIGHTINGS[spec.weighting]
+        if spec.weighting == "min-snr":
+            weight = partial(weight, gamma=spec.min_snr_gamma)
+        elif spec.weighting == "edm":
+            weight = partial(weight, sigma_data=getattr(self.precond, "sigma_data", 0.5))
+        self.weight_fn = weight
+        get_sampler(spec.sampler)  # an unknown default sampler fails at build time, not after training
+
+    # ---------------------------------------------------------------- training
+
+    def training_sigmas(self, n: int, generator: torch.Generator) -> Tensor:
+        """Noise levels of one batch: EDM log-normal, or uniform over the VP schedule's steps. (n,)."""
+        if isinstance(self.precond, VPPrecond):
+            return sample_sigmas_discrete(self.precond.schedule, n, generator)
+        return sample_sigmas_lognormal(n, self.spec.P_mean, self.spec.P_std, generator)
+
+    def training_labels(self, y: Tensor, generator: torch.Generator) -> Tensor | None:
+        """Class labels with probability p_uncond replaced by the null label (Ho & Salimans 2022)."""
+        if self.num_classes is None:
+            return None
+        drop = torch.rand(y.shape, generator=generator) < self.spec.p_uncond
+        return torch.where(drop.to(y.device), torch.full_like(y, self.num_classes), y)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """One denoising step; every random draw comes from the batch's seed (exact resume)."""
+        x0, y = batch["x"], batch["y"]
+        g = torch.Generator().manual_seed(int(batch["seed"]))
+        sigma = self.training_sigmas(x0.shape[0], g).to(x0.device)
+        noise = torch.randn(x0.shape, generator=g).to(x0.device)
+        cond = self.training_labels(y, g)
+        loss = diffusion_loss(self.net, self.precond, x0, sigma, noise, cond, loss=self.loss_fn, weight=self.weight_fn).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    # ---------------------------------------------------------------- sampling
+
+    def sampling_sigmas(self, sampler: str, steps: int) -> Tensor:
+        """Noise levels for `steps` steps: trained timesteps (trailing) for DDPM/DDIM on a VP schedule,
+        else Karras et al.'s rho-schedule over the model's sigma range. (steps + 1,) float64 ending in 0."""
+        if isinstance(self.precond, VPPrecond) and sampler in TIMESTEP_SAMPLERS:
+            return sigmas_from_timesteps(self.precond.schedule, steps, "trailing")
+        return sigmas_karras(steps, self.precond.sigma_min, self.precond.sigma_max, self.spec.rho)
+
+    def denoiser(self, *, ema: bool = True, label: int | None = None, guidance: float = 1.0) -> Callable:
+        """D(x, sigma) of the EMA (or raw) network, class-guided when `label` is given, x0 post-processed."""
+        net = self.sampling_net(ema)
+        cond_d = lambda x, sigma, c: precondition(net, self.precond, x, sigma, c)  # noqa: E731
+        if label is None:
+            if self.num_classes is None:
+                d = lambda x, sigma: cond_d(x, sigma, None)  # noqa: E731
+            else:  # an unconditional sample of a conditional model: the null class
+                d = lambda x, sigma: cond_d(x, sigma, torch.full((x.shape[0],), self.num_classes, device=x.device))  # noqa: E731
+        else:
+            if self.num_classes is None:
+                raise ConfigError("--class needs a class-conditional model (train with model.class_cond=true)")
+            if not 0 <= label < self.num_classes:
+                raise ConfigError(f"--class {label} is out of range; this model has classes 0..{self.num_classes - 1}")
+
+            def d(x: Tensor, sigma: Tensor) -> Tensor:
+                c = torch.full((x.shape[0],), label, device=x.device)
+                return classifier_free_guidance(cond_d, c, torch.full_like(c, self.num_classes), guidance)(x, sigma)
+
+        post = X0_POSTPROCESS[self.spec.x0] if self.info.kind == "image" else None
+        return post(d) if post is not None else d
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None = None,
+        ema: bool = True,
+        sampler: str | None = None,
+        steps: int | None = None,
+        label: int | None = None,
+        guidance: float = 1.0,
+        batch_size: int = 256,
+        **sampler_opts,
+    ) -> Tensor:
+        """Draw n samples, (n, *info.shape), with `sampler` (default: the config's) in `steps` steps."""
+        name = sampler or self.spec.sampler
+        fn = get_sampler(name)
+        sigmas = self.sampling_sigmas(name, steps or self.spec.steps)
+        denoise = self.denoiser(ema=ema, label=label, guidance=guidance)
+        was_training = self.net.training
+        self.net.eval()
+        out = []
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            x = torch.randn((b, *self.info.shape), generator=generator).to(self.device) * float(sigmas[0])
+            out.append(fn(denoise, x, sigmas, generator=generator, **sampler_opts).cpu())
+        self.net.train(was_training)
+        result = torch.cat(out)
+        return result.clamp(-1, 1) if self.info.kind == "image" else result

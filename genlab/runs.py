@@ -1,0 +1,59 @@
+"""Run folders: their layout, and rebuilding a trained model from one (for sample and eval)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from genlab.config import RunConfig, load_config
+from genlab.errors import CheckpointError
+
+CHECKPOINTS, SAMPLES, RUN_JSON, CONFIG_YAML = "checkpoints", "samples", "run.json", "config.yaml"
+
+
+def read_run(run_dir: Path):
+    """The resolved config and the DataInfo of an existing run folder."""
+    from genlab.models.base import DataInfo
+
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG_YAML).is_file() or not (run_dir / RUN_JSON).is_file():
+        raise CheckpointError(f"{run_dir} is not a genlab run folder (no {CONFIG_YAML} or {RUN_JSON}); "
+                              f"give a folder written by `genlab train`")
+    cfg: RunConfig = load_config(run_dir / CONFIG_YAML)
+    try:
+        meta = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
+        info = DataInfo.from_dict(meta["data_info"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{run_dir / RUN_JSON} is corrupt ({e}); the run cannot be rebuilt") from None
+    return cfg, info
+
+
+def write_run_json(run_dir: Path, cfg: RunConfig, info) -> None:
+    """Record what `read_run` needs to rebuild the model without its data."""
+    from genlab import __version__
+
+    meta = {"family": cfg.family, "data_info": info.to_dict(), "genlab_version": __version__}
+    tmp = Path(run_dir) / (RUN_JSON + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    tmp.replace(Path(run_dir) / RUN_JSON)
+
+
+def load_run_model(run_dir: Path, checkpoint: Path | None = None):
+    """The model of a run with the weights (net and EMA) of its latest valid checkpoint, in eval mode."""
+    from genlab.checkpoint import latest_checkpoint, load_tensors
+    from genlab.models import build_model
+
+    cfg, info = read_run(run_dir)
+    model = build_model(cfg.family, cfg.model, info, cfg.optim)
+    path = checkpoint or latest_checkpoint(Path(run_dir) / CHECKPOINTS)
+    state = load_tensors(path, prefix="state_dict/")
+    missing, unexpected = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not fit the model of {run_dir / CONFIG_YAML} "
+                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it made by another config?")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {path} does not fit the model of {run_dir / CONFIG_YAML}: "
+                              f"{str(e).splitlines()[-1].strip()}") from None
+    return model.eval()
