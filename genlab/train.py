@@ -123,21 +123,37 @@ class SampleGrid(Callback):
 
 
 class StopConditions(Callback):
-    """Stop at a step boundary when the wall-clock budget is spent or SIGINT/SIGTERM arrived."""
+    """Stop at a step boundary when the wall-clock budget is spent or SIGINT/SIGTERM arrived.
 
-    def __init__(self, max_time: float | None) -> None:
-        self.max_time = max_time
+    The signal handlers are installed in `on_train_start`, after Lightning's own (which would
+    abort on SIGTERM without a checkpoint), and the previous ones are restored at the end.
+    """
+
+    def __init__(self, max_time: float | None, handle_signals: bool = True) -> None:
+        self.max_time, self.handle_signals = max_time, handle_signals
         self.start = time.monotonic()
         self.reason: str | None = None
+        self._previous: dict = {}
 
     def request_stop(self, reason: str) -> None:
         self.reason = self.reason or reason
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.monotonic()  # the budget counts training, not data loading and set-up
+        if self.handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, lambda signum, _: self.request_stop(signal.Signals(signum).name))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.max_time is not None and time.monotonic() - self.start >= self.max_time:
             self.request_stop(f"time budget of {self.max_time:g} s spent")
         if self.reason is not None and _is_step_end(trainer, batch_idx):
             trainer.should_stop = True
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
 
 class StepProgress(Callback):
@@ -218,7 +234,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
         model.net.compile()
 
     t = cfg.trainer
-    stops = StopConditions(t.max_time)
+    stops = StopConditions(t.max_time, handle_signals=not child)
     callbacks = [
         EMACallback(cfg.optim.ema_decay, cfg.optim.ema_warmup),
         StepCheckpoint(out / CHECKPOINTS, t.ckpt_every, t.keep_last),
@@ -250,15 +266,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
         limit_val_batches=0,
         default_root_dir=out,
     )
-    previous = {}
-    if not child:  # the main process turns Ctrl-C / SIGTERM into a clean stop with a final checkpoint
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda *_: stops.request_stop("interrupted"))
-    try:
-        trainer.fit(model, datamodule=StepDataModule(data, cfg), ckpt_path=ckpt)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    trainer.fit(model, datamodule=StepDataModule(data, cfg), ckpt_path=ckpt)
     if stops.reason is not None and trainer.is_global_zero:
         logger.warning("stopped at step %d (%s); continue with: genlab train --resume %s", trainer.global_step, stops.reason, out)
     return out
