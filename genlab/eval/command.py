@@ -1,0 +1,206 @@
+"""`genlab eval`: score a run's samples (or a file of samples) against held-out data.
+
+    genlab eval RUN_DIR [--n 2000] [--sampler NAME --steps K] [--seed S] [--json]
+    genlab eval RUN_DIR --samples FILE.npz [--json]        # given samples, the run's data
+    genlab eval --real DATA --samples FILE.npz [--json]     # given samples, any dataset
+
+Thin by design: parsing and printing here, everything else in `genlab.eval.evaluate`. torch
+is imported inside `run_eval`, so building the parser costs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+EPILOG = ("examples: genlab eval runs/digits-diffusion --sampler dpmpp-2m --steps 20 | "
+          "genlab eval --real digits --samples samples.npz --json")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the `eval` command to an argparse subparsers object; returns its parser (no `func` default)."""
+    p = subparsers.add_parser(
+        "eval", help="score samples against held-out data (FD, KID, precision/recall, coverage...)",
+        description="Score samples of a run (drawn now, or from --samples FILE.npz) against the held-out test "
+                    "split of its data, beside the floor that real train-split data scores. Image features come "
+                    "from a classifier trained locally on the dataset (cached; never downloaded). Results of a "
+                    "run are appended to RUN_DIR/eval.csv.",
+        epilog=EPILOG)
+    p.add_argument("run", nargs="?", metavar="RUN_DIR", help="a run folder written by `genlab train`")
+    p.add_argument("--real", metavar="DATA", help="score --samples against this dataset instead of a run's "
+                                                  "(digits, 8gaussians, folder:PATH, ...)")
+    p.add_argument("--samples", metavar="FILE.npz", help="score the array `samples` of this file instead of "
+                                                         "drawing new ones (see `genlab sample --out FILE.npz`)")
+    p.add_argument("-n", "--n", type=_positive_int, default=2000, help="samples to draw from the run (default 2000)")
+    p.add_argument("--sampler", help="sampler name (see `genlab list`); default: the run's")
+    p.add_argument("--steps", type=_positive_int, help="sampling steps; default: the run's")
+    p.add_argument("--seed", type=_nonneg_int, default=0,
+                   help="seed of sampling and of the evaluation draws (default 0)")
+    p.add_argument("--n-real", type=_positive_int, help="most held-out examples to compare with (default: all, "
+                                                        "at most 5000)")
+    p.add_argument("--features", default="auto", help='image features: "auto" (classifier trained on the data, '
+                                                      'or random conv features without labels), "classifier", '
+                                                      '"random" (default auto)')
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return p
+
+
+def load_samples_npz(path: str | Path):
+    """The array `samples` of an .npz file, as a float32 tensor.
+
+    Raises:
+        DataError: missing or unreadable file, not an .npz, no `samples` array, or a non-numeric array.
+    """
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    from genlab.errors import DataError
+
+    path = Path(path)
+    fix = "write one with `genlab sample RUN --out FILE.npz` or numpy.savez(FILE, samples=x)"
+    if not path.is_file():
+        raise DataError(f"samples file {path} does not exist; {fix}")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"cannot read {path} as .npz ({type(err).__name__}: {err}); {fix}") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array
+        raise DataError(f"{path} is not an .npz archive; {fix}")
+    with npz:
+        if "samples" not in npz.files:
+            found = ", ".join(npz.files) or "no arrays"
+            raise DataError(f"{path} has no array named 'samples' (found: {found}); {fix}")
+        try:
+            array = npz["samples"]
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"cannot read array 'samples' of {path} ({type(err).__name__}: {err}); {fix}") from None
+    if array.dtype.kind not in "fiu":
+        raise DataError(f"{path}: array 'samples' has dtype {array.dtype}; it must hold numbers")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def spec_for_samples(name: str, samples):
+    """A DataSpec for dataset `name` matching the samples' image size (so digits at 8 px or 32 px works)."""
+    from genlab.data import DataSpec
+    from genlab.data.toys import TOYS
+
+    resolution = None
+    if name not in TOYS and samples.dim() == 4 and samples.shape[-1] == samples.shape[-2]:
+        resolution = int(samples.shape[-1])
+    return DataSpec(name=name, resolution=resolution)
+
+
+def _check_args(args) -> None:
+    """Raise ConfigError for contradictory or incomplete argument combinations."""
+    from genlab.errors import ConfigError
+
+    if args.run and args.real:
+        raise ConfigError("give either RUN_DIR or --real DATA, not both")
+    if not args.run and not args.real:
+        raise ConfigError("give a RUN_DIR, or --real DATA --samples FILE.npz")
+    if args.real and not args.samples:
+        raise ConfigError("--real DATA needs --samples FILE.npz (the samples to score)")
+    if args.samples and (args.sampler or args.steps):
+        raise ConfigError("--sampler/--steps draw new samples from a run; drop them when giving --samples FILE.npz")
+
+
+def run_eval(args) -> int:
+    """Run `genlab eval` for parsed `args`; returns the exit code (errors are raised as GenlabError)."""
+    _check_args(args)
+    from genlab.eval.evaluate import append_metrics_csv, evaluate_run, evaluate_samples
+    from genlab.eval.features import check_features_mode
+
+    check_features_mode(args.features)
+    common = {"n_real": args.n_real, "seed": args.seed, "features": args.features}
+    if args.samples:
+        samples = load_samples_npz(args.samples)
+        if args.real:
+            result = evaluate_samples(samples, spec_for_samples(args.real, samples), **common)
+        else:
+            from genlab.runs import read_run
+
+            cfg, _ = read_run(Path(args.run))
+            result = {**evaluate_samples(samples, cfg.data, **common), "run": str(args.run)}
+        result["samples_file"] = str(args.samples)
+    else:
+        result = evaluate_run(args.run, args.n, args.sampler, args.steps, args.seed,
+                              features=args.features, n_real=args.n_real)
+    if args.run:
+        result["eval_csv"] = str(append_metrics_csv(args.run, result))
+    if args.json:
+        print(json.dumps(_jsonable(result), sort_keys=False))
+    else:
+        print_table(result)
+    return 0
+
+
+def _jsonable(obj):
+    """Replace non-finite floats (not valid JSON) by strings "inf" / "-inf" / "nan"."""
+    if isinstance(obj, dict):
+        return {key: _jsonable(value) for key, value in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def _fmt(value) -> str:
+    """A metric value for the table: 4 significant digits, '-' when absent."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def print_table(result: dict, file=None) -> None:
+    """Print the metrics as a (metric, value, floor) table with rich, headed by what was compared."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from genlab.eval.evaluate import HIGHER_IS_BETTER, IMAGE_METRICS, POINT_METRICS
+
+    console = Console(file=file or sys.stdout, highlight=False)
+    ev = result["evaluator"]
+    acc = "" if ev.get("accuracy") is None else f", held-out accuracy {ev['accuracy']:.2%}"
+    sha = "" if not ev.get("sha256") else f", sha256 {ev['sha256'][:12]}"
+    console.print(f"dataset {result['dataset']}: {result['n_samples']} samples (of {result['n_given']}) vs "
+                  f"{result['n_real']} {result['real_split']}-split examples; floor = real "
+                  f"{result['floor_split']}-split examples scored the same way")
+    console.print(f"evaluator: {ev['name']}{acc}{sha}")
+    table = Table(show_header=True, header_style="bold")
+    for column, justify in (("metric", "left"), ("value", "right"), ("floor", "right"), ("better", "center")):
+        table.add_column(column, justify=justify)
+    for name in (*IMAGE_METRICS, *POINT_METRICS):
+        if name in result:
+            better = "higher" if name in HIGHER_IS_BETTER else ("-" if name == "kid_std" else "lower")
+            table.add_row(name, _fmt(result[name]), _fmt(result["floor"].get(name)), better)
+    console.print(table)
+    if result.get("plot"):
+        console.print(f"plot: {result['plot']}")
+    if result.get("eval_csv"):
+        console.print(f"appended to {result['eval_csv']}")
