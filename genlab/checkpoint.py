@@ -468,14 +468,20 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path:
         CheckpointError: no checkpoint in ``folder`` verifies.
     """
     candidates = list_checkpoints(folder)
-    for json_path in reversed(candidates):
-        try:
-            return verify_checkpoint(json_path)
-        except CheckpointError as err:
-            logger.warning("skipping corrupt checkpoint %s: %s", json_path, err)
     if not candidates:
         raise CheckpointError(f"no checkpoint in {folder}; train first or point to the run's checkpoints folder")
-    raise CheckpointError(f"none of the {len(candidates)} checkpoints in {folder} is intact; start a new run")
+    skipped: list[str] = []
+    for json_path in reversed(candidates):
+        try:
+            good = verify_checkpoint(json_path)
+        except CheckpointError as err:
+            skipped.append(f"{json_path.name} ({err})")
+            continue
+        for reason in skipped:  # warn only when falling back: otherwise the error below says it all
+            logger.warning("skipping corrupt checkpoint %s", reason)
+        return good
+    raise CheckpointError(f"none of the {len(candidates)} checkpoints in {folder} is intact "
+                          f"(newest: {skipped[0]}); start a new run")
 
 
 def _remove_pair(json_path: Path) -> None:

@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
     s.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch")
 
+    from genlab.eval.command import add_eval_parser
+
+    add_eval_parser(sub)
+
     sub.add_parser("list", help="list datasets, schedules, samplers, architectures and families",
                    description="List every registered dataset, noise schedule, sampler, architecture and family.")
     return p
@@ -122,11 +126,20 @@ def _quiet(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if verbose:
         return
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"lightning(\..*)?")
     warnings.filterwarnings("ignore", category=UserWarning, message=r".*(treespec|weights_only|eval mode).*")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")  # DDP children inherit it
+
+
+def _quiet_lightning(verbose: bool) -> None:
+    """Silence Lightning's info banners; call *after* importing Lightning, whose import resets its loggers to INFO."""
+    # Lightning's "lightning" logger has its own handler; not propagating to the root handler
+    # that basicConfig installed prints each of its messages once, not twice.
+    logging.getLogger("lightning").propagate = False
+    if verbose:
+        return
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # ---------------------------------------------------------------- commands
@@ -155,6 +168,7 @@ def cmd_train(args) -> int:
         out, resume = Path(args.out or Path("runs") / cfg.name), False
     from genlab.train import train
 
+    _quiet_lightning(args.verbose)
     train(cfg, out, resume=resume)
     print(f"run folder: {out}")
     return 0
@@ -167,9 +181,11 @@ def _max_time(args) -> list[str]:
 def cmd_sample(args) -> int:
     import torch
 
-    from genlab.imageio import save_samples
+    from genlab.imageio import check_sample_path, save_samples
     from genlab.runs import load_run_model
 
+    _quiet_lightning(args.verbose)
+    check_sample_path(args.out)  # before minutes of sampling, not after
     model = load_run_model(Path(args.run))
     g = torch.Generator().manual_seed(args.seed)
     samples = model.sample(args.n, generator=g, ema=args.ema, sampler=args.sampler, steps=args.steps,
@@ -201,7 +217,13 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "list": cmd_list}
+def cmd_eval(args) -> int:
+    from genlab.eval.command import run_eval
+
+    return run_eval(args)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list}
 
 if __name__ == "__main__":
     sys.exit(main())

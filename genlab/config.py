@@ -78,6 +78,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # a plain string such as "folder:/data/x: y"
+    if isinstance(value, dict) and not raw.lstrip().startswith("{"):
+        value = raw  # "folder:" or "folder: x" is a string; a mapping is written {key: value}
     return key.split("."), value
 
 

@@ -59,11 +59,17 @@ def scatter_plot(points: torch.Tensor, reference: torch.Tensor | None = None, si
     return img
 
 
-def save_samples(samples: torch.Tensor, path: str | os.PathLike, reference: torch.Tensor | None = None) -> Path:
-    """Write samples to `path`: .png (image grid, or scatter plot for (N, 2) data) or .npz (array `samples`)."""
+def check_sample_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path if it names a format `save_samples` writes (.png or .npz); else a ConfigError."""
     path = Path(path)
     if path.suffix.lower() not in SAMPLE_FORMATS:
         raise ConfigError(f"--out {path} must end in .png (a picture) or .npz (the raw samples)")
+    return path
+
+
+def save_samples(samples: torch.Tensor, path: str | os.PathLike, reference: torch.Tensor | None = None) -> Path:
+    """Write samples to `path`: .png (image grid, or scatter plot for (N, 2) data) or .npz (array `samples`)."""
+    path = check_sample_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

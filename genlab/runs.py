@@ -40,20 +40,33 @@ def write_run_json(run_dir: Path, cfg: RunConfig, info) -> None:
 
 def load_run_model(run_dir: Path, checkpoint: Path | None = None):
     """The model of a run with the weights (net and EMA) of its latest valid checkpoint, in eval mode."""
-    from genlab.checkpoint import latest_checkpoint, load_tensors
+    from genlab.checkpoint import latest_checkpoint
     from genlab.models import build_model
 
+    run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
     model = build_model(cfg.family, cfg.model, info, cfg.optim)
-    path = checkpoint or latest_checkpoint(Path(run_dir) / CHECKPOINTS)
+    load_weights(model, checkpoint or latest_checkpoint(run_dir / CHECKPOINTS), run_dir / CONFIG_YAML)
+    return model.eval()
+
+
+def load_weights(model, path: Path, config_path: Path) -> None:
+    """Load a checkpoint's `state_dict` into `model`; a checkpoint of another architecture is a CheckpointError.
+
+    Args:
+        model: the module built from the run's config.
+        path: the checkpoint (JSON path or stem).
+        config_path: the config the model was built from, named in the error.
+    """
+    from genlab.checkpoint import load_tensors
+
     state = load_tensors(path, prefix="state_dict/")
     missing, unexpected = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not fit the model of {run_dir / CONFIG_YAML} "
+        raise CheckpointError(f"checkpoint {path} does not fit the model of {config_path} "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it made by another config?")
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not fit the model of {run_dir / CONFIG_YAML}: "
+        raise CheckpointError(f"checkpoint {path} does not fit the model of {config_path}: "
                               f"{str(e).splitlines()[-1].strip()}") from None
-    return model.eval()

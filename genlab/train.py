@@ -10,6 +10,7 @@ Run folder (shared/DESIGN.md): config.yaml, run.json, checkpoints/, samples/, me
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import signal
@@ -19,6 +20,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch.utils.data import DataLoader
 
 from genlab.checkpoint import SafeCheckpointIO, checkpoint_name, latest_checkpoint, list_checkpoints, prune_checkpoints
@@ -31,7 +35,7 @@ from genlab.imageio import save_samples
 from genlab.models import build_model
 from genlab.models.base import DataInfo
 from genlab.runlock import RunLock
-from genlab.runs import CHECKPOINTS, CONFIG_YAML, SAMPLES, read_run, write_run_json
+from genlab.runs import CHECKPOINTS, CONFIG_YAML, SAMPLES, load_weights, read_run, write_run_json
 
 logger = logging.getLogger("genlab")
 
@@ -193,6 +197,29 @@ class StepDataModule(pl.LightningDataModule):
         return DataLoader(ds, batch_size=None, num_workers=0)
 
 
+class MetricsWriter(ExperimentWriter):
+    """Lightning's metrics.csv writer, except that a resumed run appends to the file instead of deleting it."""
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes an existing metrics.csv here, so a resumed run lost its history; keep
+        # it, and continue its columns so the rows line up.
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class MetricsCSVLogger(CSVLogger):
+    """CSVLogger writing through MetricsWriter (metrics.csv survives `genlab train --resume`)."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> MetricsWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = MetricsWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
 # ---------------------------------------------------------------- entry points
 
 
@@ -224,12 +251,11 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
         ckpt = latest_checkpoint(out / CHECKPOINTS)
     else:
         info, ckpt = DataInfo.of(data), None
-        if not child:
-            save_config(cfg, out / CONFIG_YAML)
-            write_run_json(out, cfg, info)
     with torch.random.fork_rng(devices=[]):  # weight init from the run seed, global RNG left untouched
         torch.manual_seed(mix_seed(cfg.seed, 0))
         model = build_model(cfg.family, cfg.model, info, cfg.optim)
+    if ckpt is not None:  # a checkpoint of another architecture: a clear error, not Lightning's traceback
+        load_weights(model, ckpt, out / CONFIG_YAML)
     if cfg.trainer.compile:
         model.net.compile()
 
@@ -243,8 +269,6 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
     ]
     if t.progress:
         callbacks.append(StepProgress())
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
     trainer = pl.Trainer(
         max_steps=t.max_steps,
         accelerator=t.accelerator,
@@ -253,7 +277,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
         strategy=t.strategy,
         precision=t.precision,
         callbacks=callbacks,
-        logger=[CSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="", default_hp_metric=False)],
+        logger=[MetricsCSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="", default_hp_metric=False)],
         plugins=[SafeCheckpointIO()],
         gradient_clip_val=cfg.optim.grad_clip,
         accumulate_grad_batches=cfg.optim.accumulate,
@@ -266,6 +290,12 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
         limit_val_batches=0,
         default_root_dir=out,
     )
+    # Check the batch split here, in this process: in a DDP child the error would be a traceback.
+    StepBatches(data, cfg.optim.batch_size, cfg.seed, world_size=trainer.num_devices * trainer.num_nodes,
+                accumulate=cfg.optim.accumulate)
+    if not resume and not child:  # written only once the config has built a model and a trainer
+        save_config(cfg, out / CONFIG_YAML)
+        write_run_json(out, cfg, info)
     trainer.fit(model, datamodule=StepDataModule(data, cfg), ckpt_path=ckpt)
     if stops.reason is not None and trainer.is_global_zero:
         logger.warning("stopped at step %d (%s); continue with: genlab train --resume %s", trainer.global_step, stops.reason, out)

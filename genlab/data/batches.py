@@ -4,8 +4,10 @@ The examples of optimiser step k are positions [k B, (k + 1) B) of an endless st
 one random permutation of the dataset per epoch, each permutation drawn from a generator
 seeded by (seed, epoch). So a run resumed at step k sees exactly the batches the uninterrupted
 run saw, without saving any loader state, and each of R ranks takes its own slice of the same
-global batch. Every micro-batch also carries a seed, from which the model draws all of its own
-randomness (noise levels, noise, label dropout).
+global batch. Every micro-batch also carries the step's seed and its rows in the global batch:
+the model draws its randomness (noise levels, noise, label dropout) for the whole global batch
+from that seed and keeps its rows, so 1 device x batch 8 equals 8 accumulated micro-batches of 1
+or 2 devices x 4, up to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def step_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
 
 
 class StepBatches(IterableDataset):
-    """Endless micro-batches {"x", "y", "seed"} from optimiser step `start_step` on, for one rank.
+    """Endless micro-batches {"x", "y", "seed", "offset", "global_batch"} from step `start_step` on, for one rank.
 
     Args:
         data: the training split, held in memory.
@@ -80,7 +82,8 @@ class StepBatches(IterableDataset):
         lo = self.rank * per_rank + micro * per_micro
         idx = idx[lo : lo + per_micro]
         y = self.data.y[idx] if self.data.y is not None else torch.full((len(idx),), -1, dtype=torch.long)
-        return {"x": self.data.x[idx], "y": y, "seed": mix_seed(self.seed, 2, step, self.rank, micro)}
+        return {"x": self.data.x[idx], "y": y, "seed": mix_seed(self.seed, 2, step), "offset": lo,
+                "global_batch": self.batch_size}
 
     def __iter__(self) -> Iterator[dict]:
         step = self.start_step
@@ -88,3 +91,8 @@ class StepBatches(IterableDataset):
             for micro in range(self.accumulate):
                 yield self.batch(step, micro)
             step += 1
+
+
+def batch_rows(batch: dict) -> slice:
+    """The rows of the global batch that a micro-batch holds (randomness is drawn for all, then sliced)."""
+    return slice(int(batch["offset"]), int(batch["offset"]) + int(batch["x"].shape[0]))

@@ -45,8 +45,9 @@ class DataInfo:
 class GenerativeModule(pl.LightningModule):
     """Base class of every family: `net`, `ema_net`, the optimiser, and the shared sampling face.
 
-    A family adds `training_step(batch, i)` (batch = {"x", "y", "seed"}, see data/batches.py;
-    all randomness from `torch.Generator().manual_seed(batch["seed"])`) and
+    A family adds `training_step(batch, i)` (batch = {"x", "y", "seed", "offset", "global_batch"}, see
+    data/batches.py; all randomness drawn for the global batch from `batch["seed"]`, then the
+    micro-batch's `batch_rows(batch)` kept) and
     `sample(n, *, generator=None, ema=True, **opts) -> (n, *info.shape)`.
     """
 

@@ -21,6 +21,7 @@ from genlab.diffusion.schedules import (
     sigmas_karras,
 )
 from genlab.diffusion.likelihood import ddpm_vlb_bits_per_dim, pf_ode_bits_per_dim
+from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError, unknown_name_error
 from genlab.models.base import DataInfo, GenerativeModule
 from genlab.models.specs import DiffusionSpec
@@ -86,20 +87,20 @@ class DiffusionModel(GenerativeModule):
             return sample_sigmas_discrete(self.precond.schedule, n, generator)
         return sample_sigmas_lognormal(n, self.spec.P_mean, self.spec.P_std, generator)
 
-    def training_labels(self, y: Tensor, generator: torch.Generator) -> Tensor | None:
-        """Class labels with probability p_uncond replaced by the null label (Ho & Salimans 2022)."""
+    def training_labels(self, y: Tensor, u: Tensor) -> Tensor | None:
+        """Class labels replaced by the null label where the uniform draw u < p_uncond (Ho & Salimans 2022)."""
         if self.num_classes is None:
             return None
-        drop = torch.rand(y.shape, generator=generator) < self.spec.p_uncond
+        drop = u < self.spec.p_uncond
         return torch.where(drop.to(y.device), torch.full_like(y, self.num_classes), y)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         """One denoising step; every random draw comes from the batch's seed (exact resume)."""
         x0, y = batch["x"], batch["y"]
-        g = torch.Generator().manual_seed(int(batch["seed"]))
-        sigma = self.training_sigmas(x0.shape[0], g).to(x0.device)
-        noise = torch.randn(x0.shape, generator=g).to(x0.device)
-        cond = self.training_labels(y, g)
+        g, rows, n = torch.Generator().manual_seed(int(batch["seed"])), batch_rows(batch), int(batch["global_batch"])
+        sigma = self.training_sigmas(n, g)[rows].to(x0.device)
+        noise = torch.randn((n, *x0.shape[1:]), generator=g)[rows].to(x0.device)
+        cond = self.training_labels(y, torch.rand(n, generator=g)[rows])
         loss = diffusion_loss(self.net, self.precond, x0, sigma, noise, cond, loss=self.loss_fn, weight=self.weight_fn).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
