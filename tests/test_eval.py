@@ -319,16 +319,13 @@ def test_append_metrics_csv_keeps_header_and_merges_new_columns(tmp_path):
 
 
 def _cli(argv: list[str]) -> int:
-    """What `genlab eval ...` does: the eval parser under genlab's parser class, errors -> exit 2."""
-    from genlab.cli import EXIT_USAGE, _Parser
-    from genlab.eval.command import add_eval_parser, run_eval
+    """`genlab eval ...` through the real entry point (user errors -> exit code 2)."""
+    from genlab.cli import main
 
-    parser = _Parser(prog="genlab")
-    add_eval_parser(parser.add_subparsers(dest="command", parser_class=_Parser))
     try:
-        return run_eval(parser.parse_args(["eval", *argv]))
-    except GenlabError:
-        return EXIT_USAGE
+        return main(["eval", *argv])
+    except SystemExit as e:  # argparse errors
+        return e.code
 
 
 def test_cli_json_on_real_digits(evaluator, digits, tmp_path, capsys):

@@ -196,7 +196,8 @@ def evaluate_run(
 
     Args:
         run_dir: a run folder written by `genlab train`.
-        n: samples to draw (only m = min(n, test split, ...) are scored; see the module doc).
+        n: most samples to draw; only m = min(n, test split, train split, n_real) are scored, so
+            no more than m are drawn (see the module doc).
         sampler, steps: sampler name and step count (default: the run's).
         seed: seeds sampling and the evaluation draws.
         features, n_real: passed to `evaluate_samples`.
@@ -207,8 +208,13 @@ def evaluate_run(
     """
     from genlab.runs import SAMPLES, load_run_model, read_run
 
+    from genlab.data import load_dataset
+
     run_dir = Path(run_dir)
     cfg, _ = read_run(run_dir)
+    # only m = min(n, test, train, n_real) samples are scored: draw no more than that
+    limit = DEFAULT_MAX_REAL if n_real is None else n_real
+    n = min(n, len(load_dataset(cfg.data, REAL_SPLIT)), len(load_dataset(cfg.data, FLOOR_SPLIT)), limit)
     model = load_run_model(run_dir)
     opts = {key: value for key, value in (("sampler", sampler), ("steps", steps)) if value is not None}
     with torch.no_grad():
