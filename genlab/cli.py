@@ -153,8 +153,8 @@ def cmd_train(args) -> int:
             raise ConfigError("give either a CONFIG or --resume RUN_DIR, not both")
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         for text in overrides:
-            if parse_override(text)[0][0] != "trainer":
-                raise ConfigError(f'cannot change "{text}" when resuming: only trainer.* keys may change')
+            if parse_override(text)[0][0] not in ("trainer", "eval"):
+                raise ConfigError(f'cannot change "{text}" when resuming: only trainer.* and eval.* keys may change')
         run = Path(args.resume)
         from genlab.runs import CONFIG_YAML, read_run
 

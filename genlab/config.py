@@ -52,6 +52,13 @@ class TrainerSpec(Spec):
     progress: bool = True
 
 
+class EvalSpec(Spec):
+    """Evaluation during training: `genlab eval`'s metrics on EMA samples every N steps (eval.csv)."""
+
+    every: int | None = Field(None, ge=1, description="evaluate every N steps (None: never during training)")
+    n: int = Field(400, ge=16, le=100_000, description="samples drawn per evaluation")
+
+
 class RunConfig(Spec):
     """A whole training run. `model` is validated by the spec of `family`."""
 
@@ -62,9 +69,8 @@ class RunConfig(Spec):
     model: Any = None
     optim: OptimSpec = Field(default_factory=OptimSpec)
     trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
 
-
-SECTION_SPECS: dict[str, type[BaseModel]] = {"data": DataSpec, "optim": OptimSpec, "trainer": TrainerSpec}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -126,6 +126,30 @@ class SampleGrid(Callback):
         self.write(trainer, pl_module)
 
 
+class PeriodicEval(Callback):
+    """Score EMA samples with `genlab eval`'s metrics every N steps; log them and append to eval.csv."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig) -> None:
+        self.run_dir, self.cfg = run_dir, cfg
+        self.last = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if not (_is_step_end(trainer, batch_idx) and step % self.cfg.eval.every == 0) or step == self.last:
+            return
+        self.last = step
+        if not trainer.is_global_zero:
+            return
+        from genlab.eval.evaluate import IMAGE_METRICS, POINT_METRICS, append_metrics_csv, evaluate_samples
+
+        g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 4, step))
+        result = evaluate_samples(pl_module.sample(self.cfg.eval.n, generator=g), self.cfg.data, seed=self.cfg.seed)
+        metrics = {f"eval/{k}": result[k] for k in (*IMAGE_METRICS, *POINT_METRICS) if k in result}
+        for lg in trainer.loggers:
+            lg.log_metrics(metrics, step=step)
+        append_metrics_csv(self.run_dir, {"step": step, **result})
+
+
 class StopConditions(Callback):
     """Stop at a step boundary when the wall-clock budget is spent or SIGINT/SIGTERM arrived.
 
@@ -267,6 +291,8 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
         SampleGrid(out / SAMPLES, t.sample_every, t.sample_n, cfg.seed),
         stops,
     ]
+    if cfg.eval.every is not None:
+        callbacks.append(PeriodicEval(out, cfg))
     if t.progress:
         callbacks.append(StepProgress())
     trainer = pl.Trainer(

@@ -350,9 +350,23 @@ def test_cli_evaluates_a_run_and_appends_eval_csv(gauss_run, tmp_path, capsys):
         out = json.loads(capsys.readouterr().out)
         assert out["n_samples"] == 300 and out["steps"] == 2 and out["seed"] == seed
         assert set(out["floor"]) == {"mmd2", "sw", "mode_coverage", "high_quality"}
+        assert math.isfinite(out["nll_bpd"])  # the diffusion family defines a likelihood
         assert (run / "samples" / f"eval-seed{seed}.png").is_file()
     rows = list(csv.DictReader(open(run / "eval.csv", newline="")))
     assert [r["seed"] for r in rows] == ["0", "1"] and rows[0]["evaluator_name"].startswith("none")
+
+
+def test_trainer_evaluates_every_n_steps(tmp_path):
+    """eval.every: the trainer calls the same evaluation and appends one eval.csv row per interval."""
+    import csv
+
+    from conftest import GAUSS_CONFIG, one_thread, train_tiny
+
+    with one_thread():
+        run = train_tiny(GAUSS_CONFIG, tmp_path / "run", "trainer.max_steps=4", "eval.every=2", "eval.n=64")
+    rows = list(csv.DictReader(open(run / "eval.csv", newline="")))
+    assert [r["step"] for r in rows] == ["2", "4"]
+    assert all(float(r["mmd2"]) == float(r["mmd2"]) and r["floor_mmd2"] for r in rows)
 
 
 @pytest.mark.parametrize("case", ["no-samples-key", "wrong-shape", "out-of-range", "nan", "not-npz", "npy"])

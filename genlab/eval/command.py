@@ -66,6 +66,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--features", default="auto", help='image features: "auto" (classifier trained on the data, '
                                                       'or random conv features without labels), "classifier", '
                                                       '"random" (default auto)')
+    p.add_argument("--nll-n", type=_nonneg_int, default=100,
+                   help="held-out examples whose likelihood (bits/dim) is measured where the family defines one "
+                        "(default 100; 0 skips it)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -151,7 +154,7 @@ def run_eval(args) -> int:
         result["samples_file"] = str(args.samples)
     else:
         result = evaluate_run(args.run, args.n, args.sampler, args.steps, args.seed,
-                              features=args.features, n_real=args.n_real)
+                              features=args.features, n_real=args.n_real, nll_n=args.nll_n)
     if args.run:
         result["eval_csv"] = str(append_metrics_csv(args.run, result))
     if args.json:
@@ -182,7 +185,7 @@ def print_table(result: dict, file=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from genlab.eval.evaluate import HIGHER_IS_BETTER, IMAGE_METRICS, POINT_METRICS
+    from genlab.eval.evaluate import HIGHER_IS_BETTER, IMAGE_METRICS, LIKELIHOOD_METRICS, POINT_METRICS
 
     console = Console(file=file or sys.stdout, highlight=False)
     ev = result["evaluator"]
@@ -195,7 +198,7 @@ def print_table(result: dict, file=None) -> None:
     table = Table(show_header=True, header_style="bold")
     for column, justify in (("metric", "left"), ("value", "right"), ("floor", "right"), ("better", "center")):
         table.add_column(column, justify=justify)
-    for name in (*IMAGE_METRICS, *POINT_METRICS):
+    for name in (*IMAGE_METRICS, *POINT_METRICS, *LIKELIHOOD_METRICS):
         if name in result:
             better = "higher" if name in HIGHER_IS_BETTER else ("-" if name == "kid_std" else "lower")
             table.add_row(name, _fmt(result[name]), _fmt(result["floor"].get(name)), better)

@@ -47,6 +47,7 @@ POINTS_EVALUATOR = {"name": "none (metrics on the 2-D points themselves)", "sha2
 IMAGE_METRICS = ("fd", "kid", "kid_std", "precision", "recall", "density", "coverage",
                  "class_coverage", "class_kl", "confidence")
 POINT_METRICS = ("mmd2", "sw", "mode_coverage", "high_quality")
+LIKELIHOOD_METRICS = ("nll_bpd",)  # families with a log_likelihood; no real-vs-real floor exists for it
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "density", "coverage", "class_coverage", "confidence",
                               "mode_coverage", "high_quality"})
 
@@ -191,6 +192,7 @@ def evaluate_run(
     features: str = "auto",
     n_real: int | None = None,
     plot: bool = True,
+    nll_n: int = 100,
 ) -> dict:
     """Draw n samples from a run's latest checkpoint and score them with `evaluate_samples`.
 
@@ -202,6 +204,8 @@ def evaluate_run(
         seed: seeds sampling and the evaluation draws.
         features, n_real: passed to `evaluate_samples`.
         plot: also write `<run>/samples/eval-seed<seed>.png` (grid or scatter over the test points).
+        nll_n: held-out examples whose likelihood is measured (`nll_bpd`, bits/dim) when the family
+            defines `log_likelihood`; 0 skips it.
 
     Returns:
         `evaluate_samples`' dict plus "run", "sampler", "steps" and "plot" (the PNG path or None).
@@ -221,9 +225,24 @@ def evaluate_run(
         samples = model.sample(n, generator=torch.Generator().manual_seed(seed), **opts)
     result = evaluate_samples(samples, cfg.data, n_real=n_real, seed=seed, features=features)
     result.update(run=str(run_dir), sampler=sampler, steps=steps, plot=None)
+    if nll_n and hasattr(model, "log_likelihood"):
+        result["nll_bpd"] = held_out_bits_per_dim(model, cfg.data, nll_n, seed)
     if plot:
         result["plot"] = str(write_plot(samples, cfg.data, run_dir / SAMPLES / f"eval-seed{seed}.png"))
     return result
+
+
+def held_out_bits_per_dim(model, data: DataSpec, n: int, seed: int = 0) -> float:
+    """Mean negative log-likelihood in bits/dim of the first n held-out examples under `model`.
+
+    Images are dequantised at 256 levels (as if stored as 8-bit pixels); vectors report the
+    continuous density's bits/dim (which can be negative).
+    """
+    from genlab.data import load_dataset
+
+    test = load_dataset(data, REAL_SPLIT)
+    x = test.x[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]]
+    return float(model.log_likelihood(x, generator=torch.Generator().manual_seed(seed)).mean())
 
 
 def write_plot(samples: Tensor, data: DataSpec, path: Path) -> Path:
