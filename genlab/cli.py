@@ -170,7 +170,8 @@ def cmd_train(args) -> int:
 
     _quiet_lightning(args.verbose)
     train(cfg, out, resume=resume)
-    print(f"run folder: {out}")
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP children re-run this command: report once
+        print(f"run folder: {out}")
     return 0
 
 
