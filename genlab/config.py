@@ -7,6 +7,7 @@ Every mistake is a ConfigError with one line: the file or key, what is wrong, an
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -126,7 +127,7 @@ def read_yaml(path: str | Path) -> dict:
 
 def build_config(tree: dict, overrides: list[str] = (), source: str = "config") -> RunConfig:
     """Apply `key=value` overrides to a raw config tree and validate it into a RunConfig."""
-    tree = _deep_copy(tree)
+    tree = copy.deepcopy(tree)
     for text in overrides:
         path, value = parse_override(text)
         _set(tree, path, value)
@@ -160,14 +161,6 @@ def save_config(cfg: RunConfig, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
     tmp.replace(path)
-
-
-def _deep_copy(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _deep_copy(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_deep_copy(v) for v in tree]
-    return tree
 
 
 def _explain(e: ValidationError, family: str) -> str:

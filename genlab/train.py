@@ -30,7 +30,7 @@ from genlab.config import RunConfig, save_config
 from genlab.data import load_dataset
 from genlab.data.base import TensorData
 from genlab.data.batches import StepBatches, mix_seed
-from genlab.errors import CheckpointError, ConfigError
+from genlab.errors import ConfigError
 from genlab.imageio import save_samples
 from genlab.models import build_model
 from genlab.models.base import DataInfo

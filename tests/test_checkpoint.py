@@ -226,15 +226,20 @@ def save_steps(folder: Path, steps) -> list[Path]:
     return [save_checkpoint({"step": s, "w": torch.full((4,), float(s))}, folder / checkpoint_name(s)) for s in steps]
 
 
+def assert_newest_is_skipped(folder: Path, caplog, newest: Path, previous: Path, match: str) -> None:
+    """Loading the corrupt newest checkpoint fails with `match`; latest_checkpoint falls back with a warning."""
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(newest)
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        assert latest_checkpoint(folder) == previous
+    assert newest.name in caplog.text
+
+
 def test_truncated_weights_fall_back_to_previous(tmp_path, caplog):
     p1, p2 = save_steps(tmp_path, [1, 2])
     st2 = checkpoint_paths(p2)[0]
     st2.write_bytes(st2.read_bytes()[:-10])
-    with pytest.raises(CheckpointError, match="truncated"):
-        load_checkpoint(p2)
-    with caplog.at_level(logging.WARNING, logger="genlab"):
-        assert latest_checkpoint(tmp_path) == p1
-    assert p2.name in caplog.text
+    assert_newest_is_skipped(tmp_path, caplog, p2, p1, "truncated")
 
 
 def test_altered_weights_of_same_size_fail_checksum(tmp_path):
@@ -260,21 +265,13 @@ def test_altered_weights_of_same_size_fail_checksum(tmp_path):
 def test_bad_json_falls_back_to_previous(tmp_path, caplog, text, match):
     p1, p2 = save_steps(tmp_path, [1, 2])
     p2.write_text(text)
-    with pytest.raises(CheckpointError, match=match):
-        load_checkpoint(p2)
-    with caplog.at_level(logging.WARNING, logger="genlab"):
-        assert latest_checkpoint(tmp_path) == p1
-    assert p2.name in caplog.text
+    assert_newest_is_skipped(tmp_path, caplog, p2, p1, match)
 
 
 def test_json_without_weights_is_skipped(tmp_path, caplog):
     p1, p2 = save_steps(tmp_path, [5, 10])
     checkpoint_paths(p2)[0].unlink()
-    with pytest.raises(CheckpointError, match="missing"):
-        load_checkpoint(p2)
-    with caplog.at_level(logging.WARNING, logger="genlab"):
-        assert latest_checkpoint(tmp_path) == p1
-    assert p2.name in caplog.text
+    assert_newest_is_skipped(tmp_path, caplog, p2, p1, "missing")
 
 
 def test_no_valid_checkpoint_is_an_error(tmp_path):

@@ -14,7 +14,7 @@ import torch
 
 from genlab.data import DataSpec, load_dataset
 from genlab.data.toys import EIGHT_STD, modes_8gaussians, sample_8gaussians, sample_gaussian_mixture
-from genlab.errors import ConfigError, DataError, GenlabError
+from genlab.errors import ConfigError, DataError
 from genlab.eval import cache
 from genlab.eval import features as F
 from genlab.eval import metrics as M

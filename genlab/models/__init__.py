@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from genlab.errors import ConfigError, unknown_name_error
-from genlab.models.specs import FAMILY_SPECS
+
+
+def _diffusion():
+    from genlab.models.diffusion import DiffusionModel
+
+    return DiffusionModel
+
+
+# name -> a function importing the family's class (Lightning is slow to import: only on demand)
+FAMILIES = {"diffusion": _diffusion}
 
 
 def family_class(name: str):
-    """The LightningModule class of family `name` (imported on demand: Lightning is slow to import)."""
-    if name not in FAMILY_SPECS:
-        raise unknown_name_error("family", name, FAMILY_SPECS, ConfigError)
-    if name == "diffusion":
-        from genlab.models.diffusion import DiffusionModel
-
-        return DiffusionModel
-    raise unknown_name_error("family", name, ["diffusion"], ConfigError)
+    """The LightningModule class of family `name`."""
+    if name not in FAMILIES:
+        raise unknown_name_error("family", name, FAMILIES, ConfigError)
+    return FAMILIES[name]()
 
 
 def build_model(family: str, spec, info, optim):

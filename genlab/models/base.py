@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from genlab.data.base import TensorData
 
