@@ -50,13 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: genlab sample runs/digits-diffusion -n 64 --sampler dpmpp-2m --steps 20 --out grid.png")
     s.add_argument("run", metavar="RUN_DIR", help="a run folder written by `genlab train`")
     s.add_argument("-n", type=positive_int, default=64, help="number of samples (default 64)")
-    s.add_argument("--sampler", help="sampler name (see `genlab list`); default: the run's")
-    s.add_argument("--steps", type=positive_int, help="sampling steps; default: the run's")
+    s.add_argument("--sampler", help="diffusion: sampler name (see `genlab list`); default: the run's")
+    s.add_argument("--steps", type=positive_int, help="diffusion: sampling steps; rbm/dbn: Gibbs sweeps; "
+                                                       "default: the run's")
+    s.add_argument("--temperature", type=positive_float, help="vae/pixelcnn: sampling temperature; default: the run's")
     s.add_argument("--seed", type=nonneg_int, default=0, help="random seed (default 0)")
     s.add_argument("--out", default="samples.png", help="output file: .png or .npz (default samples.png)")
     s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights (default)")
     s.add_argument("--class", dest="label", type=nonneg_int, help="class label for class-conditional models")
-    s.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (default 1 = none)")
+    s.add_argument("--guidance", type=float, help="diffusion: classifier-free guidance scale (default 1 = none)")
     s.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
 
     from genlab.eval.command import add_eval_parser
@@ -161,8 +163,9 @@ def cmd_sample(args) -> int:
     check_sample_path(args.out)  # before minutes of sampling, not after
     model = load_run_model(Path(args.run))
     g = torch.Generator().manual_seed(args.seed)
-    samples = model.sample(args.n, generator=g, ema=args.ema, sampler=args.sampler, steps=args.steps,
-                           label=args.label, guidance=args.guidance, batch_size=args.batch_size)
+    opts = model.check_sample_options(sampler=args.sampler, steps=args.steps, label=args.label,
+                                      guidance=args.guidance, temperature=args.temperature)
+    samples = model.sample(args.n, generator=g, ema=args.ema, batch_size=args.batch_size, **opts)
     path = save_samples(samples, args.out)
     print(f"wrote {len(samples)} samples to {path}")
     return 0

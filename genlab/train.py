@@ -282,6 +282,12 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
         load_weights(model, ckpt, out / CONFIG_YAML)
     if cfg.trainer.compile:
         model.net.compile()
+    # A family that steps its own optimisers (the GAN: discriminator, then generator) clips its own
+    # gradients, and Lightning cannot accumulate for it.
+    manual = not model.automatic_optimization
+    if manual and cfg.optim.accumulate > 1:
+        raise ConfigError(f"optim.accumulate={cfg.optim.accumulate} is not supported by the {cfg.family} family "
+                          f"(it steps its own optimisers); use optim.accumulate=1 and a smaller optim.batch_size")
 
     t = cfg.trainer
     stops = StopConditions(t.max_time, handle_signals=not child)
@@ -305,7 +311,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool) -> Path:
         callbacks=callbacks,
         logger=[MetricsCSVLogger(out, name="", version=""), TensorBoardLogger(out, name="tb", version="", default_hp_metric=False)],
         plugins=[SafeCheckpointIO()],
-        gradient_clip_val=cfg.optim.grad_clip,
+        gradient_clip_val=None if manual else cfg.optim.grad_clip,
         accumulate_grad_batches=cfg.optim.accumulate,
         log_every_n_steps=t.log_every,
         enable_checkpointing=False,

@@ -39,7 +39,7 @@ HELP_MENTIONS = {
     (): ["train", "sample", "list", "--version", "--verbose"],
     ("train",): ["config", "key=value", "--out", "--resume", "--max-time"],
     ("sample",): ["RUN_DIR", "-n", "--sampler", "--steps", "--seed", "--out", "--no-ema", "--class",
-                  "--guidance", "--batch-size"],
+                  "--guidance", "--temperature", "--batch-size"],
     ("list",): ["dataset", "sampler"],
 }
 
@@ -340,6 +340,8 @@ def test_bad_sample_arguments(victim, tmp_path, cli):
         (["--sampler", "dpm2m"], ['"dpm2m"', 'did you mean "dpmpp-2m"']),
         (["--class", "1"], ["--class", "class_cond"]),
         (["--seed", "-1"], ["--seed"]),
+        (["--temperature", "0.5"], ["--temperature", "diffusion family", "--sampler"]),
+        (["--temperature", "0"], ["--temperature", "positive"]),
     ]
     for args, phrases in cases:
         assert_user_error(cli, ["sample", victim, "--out", out, *args], *phrases, unchanged=(victim,))

@@ -220,7 +220,7 @@ def evaluate_run(
     limit = DEFAULT_MAX_REAL if n_real is None else n_real
     n = min(n, len(load_dataset(cfg.data, REAL_SPLIT)), len(load_dataset(cfg.data, FLOOR_SPLIT)), limit)
     model = load_run_model(run_dir)
-    opts = {key: value for key, value in (("sampler", sampler), ("steps", steps)) if value is not None}
+    opts = model.check_sample_options(sampler=sampler, steps=steps)
     with torch.no_grad():
         samples = model.sample(n, generator=torch.Generator().manual_seed(seed), **opts)
     result = evaluate_samples(samples, cfg.data, n_real=n_real, seed=seed, features=features)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from genlab.data.base import TensorData
+from genlab.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class GenerativeModule(pl.LightningModule):
     `sample(n, *, generator=None, ema=True, **opts) -> (n, *info.shape)`.
     """
 
+    #: keyword options of `sample` beyond (n, generator, ema, batch_size) that this family understands;
+    #: `genlab sample`/`eval` refuse the others with a clear error (see `check_sample_options`)
+    SAMPLE_OPTIONS: tuple[str, ...] = ()
+    FAMILY: str = "?"  # the `family:` name, for messages
+
     def __init__(self, net: nn.Module, info: DataInfo, optim) -> None:
         super().__init__()
         self.net = net
@@ -72,6 +78,25 @@ class GenerativeModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.ema_net.eval()
+
+    def check_sample_options(self, **given) -> dict:
+        """The sampling options given (not None), refusing those this family does not have.
+
+        Raises:
+            ConfigError: naming the command-line flag and the options the family has.
+        """
+        opts = {key: value for key, value in given.items() if value is not None}
+        for key in opts:
+            if key not in self.SAMPLE_OPTIONS:
+                have = ", ".join(SAMPLE_FLAGS[k] for k in self.SAMPLE_OPTIONS) or "none"
+                raise ConfigError(f"{SAMPLE_FLAGS.get(key, key)} does not apply to the {self.FAMILY} family "
+                                  f"(its sampling options: {have})")
+        return opts
+
+
+#: the command-line flag of each sampling option (for error messages)
+SAMPLE_FLAGS = {"sampler": "--sampler", "steps": "--steps", "label": "--class", "guidance": "--guidance",
+                "temperature": "--temperature"}
 
 
 def lr_multiplier(warmup_steps: int, schedule: str, max_steps: int):

@@ -65,6 +65,9 @@ def _num_classes(spec: DiffusionSpec, info: DataInfo) -> int | None:
 class DiffusionModel(GenerativeModule):
     """Diffusion model: `training_step` calls the pure loss; `sample` runs a registered sampler."""
 
+    FAMILY = "diffusion"
+    SAMPLE_OPTIONS = ("sampler", "steps", "label", "guidance")
+
     def __init__(self, spec: DiffusionSpec, info: DataInfo, optim) -> None:
         super().__init__(build_network(spec, info), info, optim)
         self.spec = spec

@@ -1,20 +1,12 @@
-"""Typed configs of each family's `model:` section (pure data: importing this loads no torch).
-
-One pydantic model per component; unknown keys are errors (`extra="forbid"`), so a typo in a
-YAML file or an override is caught with a suggestion instead of silently ignored.
-"""
+"""The `model:` section of the diffusion family and its networks' sections (U-Net, MLP)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class Spec(BaseModel):
-    """Base of every config section: unknown keys are errors; values are validated on assignment."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from genlab.models.specs.base import Spec
 
 
 class UNetSpec(Spec):
@@ -68,5 +60,3 @@ class DiffusionSpec(Spec):
         "clip", description="sampling: clip / dynamically threshold the predicted x0 to the data range (images only)"
     )
 
-
-FAMILY_SPECS: dict[str, type[Spec]] = {"diffusion": DiffusionSpec}

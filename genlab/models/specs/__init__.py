@@ -1,0 +1,27 @@
+"""Typed configs of each family's `model:` section (pure data: importing this loads no torch).
+
+One pydantic model per component; unknown keys are errors (`extra="forbid"`), so a typo in a
+YAML file or an override is caught with a suggestion instead of silently ignored. Each family's
+section lives in its own module here; FAMILY_SPECS maps the `family:` name to it.
+"""
+
+from __future__ import annotations
+
+from genlab.models.specs.base import Spec
+from genlab.models.specs.diffusion import DiffusionSpec, MLPSpec, UNetSpec
+from genlab.models.specs.gan import GANSpec
+from genlab.models.specs.pixelcnn import PixelCNNSpec
+from genlab.models.specs.rbm import DBNSpec, RBMSpec
+from genlab.models.specs.vae import VAESpec
+
+__all__ = ["DBNSpec", "DiffusionSpec", "FAMILY_SPECS", "GANSpec", "MLPSpec", "PixelCNNSpec", "RBMSpec", "Spec",
+           "UNetSpec", "VAESpec"]
+
+FAMILY_SPECS: dict[str, type[Spec]] = {
+    "diffusion": DiffusionSpec,
+    "gan": GANSpec,
+    "vae": VAESpec,
+    "pixelcnn": PixelCNNSpec,
+    "rbm": RBMSpec,
+    "dbn": DBNSpec,
+}

@@ -1,0 +1,26 @@
+"""The `model:` section of the PixelCNN (autoregressive) family."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from genlab.models.specs.base import Spec
+
+
+class PixelCNNSpec(Spec):
+    """Autoregressive model: gated PixelCNN for images, a MADE-style masked MLP for vectors."""
+
+    net: Literal["gated", "made"] = Field("gated", description="gated (images) or made (vectors)")
+    channels: int = Field(64, ge=4, le=1024, description="gated: feature maps per stack")
+    layers: int = Field(8, ge=1, le=64, description="gated: number of gated layers")
+    kernel_size: int = Field(5, ge=3, le=11, description="gated: kernel size of the gated layers (odd)")
+    hidden: int = Field(256, ge=4, le=8192, description="made: hidden width")
+    depth: int = Field(3, ge=1, le=32, description="made: hidden layers")
+    output: Literal["softmax", "logistic-mixture"] = Field(
+        "logistic-mixture", description="images: 256-way softmax or discretised logistic mixture per pixel"
+    )
+    n_mix: int = Field(5, ge=1, le=64, description="mixture components of the output distribution")
+    class_cond: bool = Field(False, description="condition on class labels")
+    temperature: float = Field(1.0, gt=0.0, description="default sampling temperature")
