@@ -46,13 +46,16 @@ __all__ = [
     "SafeCheckpointIO",
     "checkpoint_name",
     "checkpoint_paths",
+    "checkpoint_step",
     "flatten_state",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_tensors",
     "prune_checkpoints",
+    "remove_stale_temp_files",
     "save_checkpoint",
+    "stale_temp_files",
     "unflatten_state",
     "verify_checkpoint",
 ]
@@ -64,6 +67,8 @@ FORMAT_VERSION = 1
 _KNOWN_SUFFIXES = (".json", ".safetensors", ".ckpt")
 _STEP_WIDTH = 9  # step-000000123: sorts by name up to a billion steps; sorting is by int anyway
 _STEP_RE = re.compile(r"^step-(\d+)\.json$")
+# the temporary names of save_checkpoint: .<stem>.<suffix>.<pid>.<8 hex>.tmp
+_TMP_RE = re.compile(r"^\.step-\d+\.(json|safetensors)\.\d+\.[0-9a-f]+\.tmp$")
 _HASH_CHUNK = 1 << 20  # bytes read at a time when checking a weights file's sha256
 _HINT = "delete it or resume from an earlier checkpoint"
 
@@ -263,6 +268,14 @@ def checkpoint_name(step: int) -> str:
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     return f"step-{int(step):0{_STEP_WIDTH}d}"
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The step in a checkpoint's name (the inverse of ``checkpoint_name``): step-000000123.json -> 123."""
+    match = _STEP_RE.match(checkpoint_paths(path)[1].name)
+    if match is None:
+        raise ValueError(f"{path} is not named like a step checkpoint (step-<N>.json)")
+    return int(match.group(1))
 
 
 def _write_bytes(path: Path, data: bytes) -> None:
@@ -482,6 +495,26 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path:
         return good
     raise CheckpointError(f"none of the {len(candidates)} checkpoints in {folder} is intact "
                           f"(newest: {skipped[0]}); start a new run")
+
+
+def stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """The temporary files of ``save_checkpoint`` in ``folder``: left by a writer killed mid-save, or in use."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TMP_RE.match(p.name))
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete what killed writers left in ``folder`` (call it holding the run's lock: no live writer then).
+
+    Returns:
+        The deleted paths.
+    """
+    removed = stale_temp_files(folder)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def _remove_pair(json_path: Path) -> None:

@@ -7,6 +7,7 @@ Every user error is one line on stderr and exit code 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -14,8 +15,12 @@ import warnings
 from pathlib import Path
 
 from genlab.argtypes import nonneg_int, positive_float, positive_int
+from genlab.eval.interpolate import add_interpolate_parser, run_interpolate
 
 EXIT_USAGE = 2
+# A full disk, a quota, a read-only filesystem or a file too large, met while writing (e.g. Lightning's
+# metrics.csv): the user's to fix, so one line, not a traceback.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
 
     from genlab.eval.command import add_eval_parser
+    from genlab.eval.compare_command import add_compare_parser
 
     add_eval_parser(sub)
+    add_compare_parser(sub)
+    add_interpolate_parser(sub)
 
     sub.add_parser("list", help="list datasets, schedules, samplers, architectures and families",
                    description="List every registered dataset, noise schedule, sampler, architecture and family.")
@@ -93,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print("error: out of memory; use a smaller batch size, resolution or network", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:  # anything else is a bug: keep its traceback
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: cannot write {where}{e.strerror}; free space or choose another --out", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _quiet(verbose: bool) -> None:
@@ -121,6 +135,7 @@ def _quiet_lightning(verbose: bool) -> None:
 
 def cmd_train(args) -> int:
     from genlab.config import ConfigError, load_config, parse_override
+    from genlab.errors import printable
 
     if args.resume:
         if args.config is not None and "=" not in args.config:
@@ -128,7 +143,8 @@ def cmd_train(args) -> int:
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         for text in overrides:
             if parse_override(text)[0][0] not in ("trainer", "eval"):
-                raise ConfigError(f'cannot change "{text}" when resuming: only trainer.* and eval.* keys may change')
+                raise ConfigError(f'cannot change "{printable(text)}" when resuming: only trainer.* and eval.* keys '
+                                  f'may change')
         run = Path(args.resume)
         from genlab.runs import CONFIG_YAML, read_run
 
@@ -139,7 +155,10 @@ def cmd_train(args) -> int:
         if args.config is None:
             raise ConfigError("give a config file, e.g. `genlab train configs/digits-diffusion.yaml`, or --resume RUN_DIR")
         cfg = load_config(args.config, list(args.overrides) + _max_time(args))
-        out, resume = Path(args.out or Path("runs") / cfg.name), False
+        from genlab.safepaths import safe_join
+
+        # --out is the user's choice, wherever it points; the name comes from a file: it stays in runs/
+        out, resume = Path(args.out) if args.out else safe_join("runs", cfg.name, "name:"), False
     from genlab.train import train
 
     _quiet_lightning(args.verbose)
@@ -162,6 +181,9 @@ def cmd_sample(args) -> int:
     _quiet_lightning(args.verbose)
     check_sample_path(args.out)  # before minutes of sampling, not after
     model = load_run_model(Path(args.run))
+    from genlab.memory import check_sample_memory
+
+    check_sample_memory(args.n, model.info.shape)
     g = torch.Generator().manual_seed(args.seed)
     opts = model.check_sample_options(sampler=args.sampler, steps=args.steps, label=args.label,
                                       guidance=args.guidance, temperature=args.temperature)
@@ -199,7 +221,15 @@ def cmd_eval(args) -> int:
     return run_eval(args)
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list}
+def cmd_compare(args) -> int:
+    from genlab.eval.compare_command import run_compare
+
+    _quiet_lightning(args.verbose)
+    return run_compare(args)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "list": cmd_list, "compare": cmd_compare,
+            "interpolate": run_interpolate}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from genlab.data.base import DataSpec
-from genlab.errors import ConfigError, did_you_mean, unknown_name_error
+from genlab.errors import ConfigError, did_you_mean, printable, unknown_name_error
 from genlab.models.specs import FAMILY_SPECS, Spec
 
 
@@ -23,7 +23,7 @@ class OptimSpec(Spec):
     """Optimiser, batch, learning-rate schedule, gradient clipping and EMA (applied by the trainer)."""
 
     lr: float = Field(1e-3, gt=0.0, le=10.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(128, ge=1, le=65_536, description="examples per optimiser step, all devices together")
     warmup_steps: int = Field(200, ge=0, description="linear learning-rate warm-up")
@@ -40,6 +40,12 @@ class TrainerSpec(Spec):
     max_steps: int = Field(2000, ge=1, le=100_000_000)
     max_time: float | None = Field(None, gt=0.0, description="wall-clock budget in seconds (final checkpoint at the end)")
     precision: Literal["32", "bf16-mixed", "16-mixed"] = Field("32", description="bf16-mixed: bf16 autocast")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value):
+        """`trainer.precision=32` reads as the integer 32 in YAML: accept it as "32"."""
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
     devices: int = Field(1, ge=1, le=1024)
     num_nodes: int = Field(1, ge=1, le=4096)
@@ -51,19 +57,28 @@ class TrainerSpec(Spec):
     sample_n: int = Field(64, ge=1, le=4096)
     compile: bool = Field(False, description="torch.compile the network (~50 s compile, ~10% faster on CPU)")
     progress: bool = True
+    nan_patience: int = Field(5, ge=1, le=1_000_000, description="a step with a NaN/Inf loss or gradient is "
+                              "skipped; after this many in a row, restore the last checkpoint and lower the learning rate")
+    nan_lr_factor: float = Field(0.5, gt=0.0, le=1.0, description="learning-rate factor applied at each such restore")
+    nan_max_restores: int = Field(3, ge=0, le=1000, description="stop with an error after this many restores")
 
 
 class EvalSpec(Spec):
-    """Evaluation during training: `genlab eval`'s metrics on EMA samples every N steps (eval.csv)."""
+    """Evaluation during training: `genlab eval`'s metrics on EMA samples every N steps or S seconds (eval.csv)."""
 
     every: int | None = Field(None, ge=1, description="evaluate every N steps (None: never during training)")
+    every_seconds: float | None = Field(None, gt=0.0, description="evaluate every S seconds of training (the "
+                                        "clock of trainer.max_time; None: not by time)")
     n: int = Field(400, ge=16, le=100_000, description="samples drawn per evaluation")
 
 
 class RunConfig(Spec):
     """A whole training run. `model` is validated by the spec of `family`."""
 
-    name: str = Field("run", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
+    # The default run folder is runs/<name>: a name read from a file must stay inside runs/, so
+    # no "/", no "." or ".." and no hidden name (it starts with a letter or digit).
+    name: str = Field("run", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="names the default run folder runs/<name>: letters, digits, '.', '_', '-'")
     family: str = "diffusion"
     seed: int = Field(0, ge=0, lt=2**63)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -77,10 +92,10 @@ class RunConfig(Spec):
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split "a.b.c=value" into (["a", "b", "c"], value), the value parsed as a YAML scalar or list."""
     if "=" not in text:
-        raise ConfigError(f'override "{text}" is not of the form key=value (e.g. optim.lr=3e-4)')
+        raise ConfigError(f'override "{printable(text)}" is not of the form key=value (e.g. optim.lr=3e-4)')
     key, raw = text.split("=", 1)
     if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f'override "{text}" has an empty key; write e.g. trainer.max_steps=100')
+        raise ConfigError(f'override "{printable(text)}" has an empty key; write e.g. trainer.max_steps=100')
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -91,10 +106,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _set(tree: dict, path: list[str], value: Any) -> None:
+    """Set tree[a][b][c] = value for path [a, b, c], creating missing sections."""
     node = tree
-    for part in path[:-1]:
-        if not isinstance(node.get(part), dict):
+    for i, part in enumerate(path[:-1]):
+        if node.get(part) is None:
             node[part] = {}
+        elif not isinstance(node[part], dict):  # e.g. `optim: 5` in the file: silently replacing it hides the mistake
+            where = printable(".".join(path[: i + 1]))
+            raise ConfigError(f"cannot set {printable('.'.join(path))}: {where} is {node[part]!r}, not a section "
+                              f"of keys; fix {where} in the config")
         node = node[part]
     node[path[-1]] = value
 
@@ -132,7 +152,7 @@ def build_config(tree: dict, overrides: list[str] = (), source: str = "config") 
         path, value = parse_override(text)
         _set(tree, path, value)
     family = tree.get("family", "diffusion")
-    if family not in FAMILY_SPECS:
+    if not isinstance(family, str) or family not in FAMILY_SPECS:  # a list is not even hashable
         raise unknown_name_error("family", family, FAMILY_SPECS, ConfigError)
     model_tree = tree.pop("model", None) or {}
     try:
@@ -168,7 +188,7 @@ def _explain(e: ValidationError, family: str) -> str:
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
     in_model = e.title != "RunConfig"
-    key = ".".join((["model"] if in_model else []) + loc)
+    key = printable(".".join((["model"] if in_model else []) + loc))
     if err["type"] == "extra_forbidden":
         parent = _spec_at(FAMILY_SPECS[family] if in_model else RunConfig, loc[:-1])
         fields = list(parent.model_fields) if parent is not None else []
@@ -176,7 +196,12 @@ def _explain(e: ValidationError, family: str) -> str:
         return f'unknown key {key}{hint}; valid keys here: {", ".join(fields)}'
     got = err.get("input")
     shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-    return f"bad value for {key}: {err['msg']}{shown}"
+    hint = ""
+    if err["type"] == "string_pattern_mismatch":  # a regex says little: add what the field is for
+        parent = _spec_at(FAMILY_SPECS[family] if in_model else RunConfig, loc[:-1])
+        field = parent.model_fields.get(loc[-1]) if parent is not None else None
+        hint = f"; {field.description}" if field is not None and field.description else ""
+    return f"bad value for {key}: {err['msg']}{shown}{hint}"
 
 
 def _spec_at(spec: type[BaseModel], path: list[str]) -> type[BaseModel] | None:

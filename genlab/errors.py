@@ -22,6 +22,16 @@ class RunLockedError(GenlabError):
     """Another live process is already writing to this run folder."""
 
 
+class TrainingError(GenlabError):
+    """Training cannot go on: the loss or gradients stayed NaN/Inf after the guard's restores."""
+
+
+def printable(name) -> str:
+    """A user-given name as a message shows it: as written when printable, else its repr (one line, always)."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
+
+
 def did_you_mean(name: str, choices) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
     import difflib
@@ -33,4 +43,4 @@ def did_you_mean(name: str, choices) -> str:
 def unknown_name_error(kind: str, name: str, choices, cls=GenlabError) -> GenlabError:
     """Build the standard error for an unknown registry name: what, the closest match, the choices."""
     choices = sorted(str(c) for c in choices)
-    return cls(f'unknown {kind} "{name}"{did_you_mean(name, choices)}; choose one of: {", ".join(choices)}')
+    return cls(f'unknown {kind} "{printable(name)}"{did_you_mean(name, choices)}; choose one of: {", ".join(choices)}')

@@ -40,22 +40,23 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 1, scal
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
+def plot_pixels(points: np.ndarray, size: int, extent: float) -> np.ndarray:
+    """Pixel coordinates (N, 2) of points (N, 2) in [-extent, extent]^2 on a `size` square plot (y up)."""
+    xy = ((points[:, :2] + extent) / (2 * extent) * (size - 1)).round()
+    return np.stack([xy[:, 0], size - 1 - xy[:, 1]], axis=1)
+
+
 def scatter_plot(points: torch.Tensor, reference: torch.Tensor | None = None, size: int = 512, extent: float = 3.0) -> Image.Image:
     """Scatter (N, 2) points on a white square covering [-extent, extent]^2; reference points in grey."""
     img = Image.new("RGB", (size, size), "white")
     draw = ImageDraw.Draw(img)
-
-    def px(p: np.ndarray) -> np.ndarray:
-        return ((p + extent) / (2 * extent) * (size - 1)).round()
-
     draw.line([(size // 2, 0), (size // 2, size)], fill=(225, 225, 225))
     draw.line([(0, size // 2), (size, size // 2)], fill=(225, 225, 225))
     for pts, colour in ((reference, (170, 170, 170)), (points, (31, 119, 180))):
         if pts is None:
             continue
-        xy = px(pts.detach().float().cpu().numpy()[:, :2])
-        for x, y in xy:
-            draw.point((x, size - 1 - y), fill=colour)
+        for x, y in plot_pixels(pts.detach().float().cpu().numpy(), size, extent):
+            draw.point((x, y), fill=colour)
     return img
 
 

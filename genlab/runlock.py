@@ -70,8 +70,9 @@ class RunLock:
         if self._fd is not None:
             raise RuntimeError(f"{self.path} is already held by this RunLock; release it first")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # O_CLOEXEC: a subprocess we start must not inherit (and so prolong) the lock.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # O_CLOEXEC: a subprocess we start must not inherit (and so prolong) the lock. O_NOFOLLOW: a
+        # `.lock` planted as a symbolic link must not make us truncate and write the file it points to.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -402,6 +402,17 @@ def test_run_lock_is_exclusive_within_a_process(tmp_path):
         pass
 
 
+def test_run_lock_never_writes_through_a_planted_link(tmp_path):
+    """A `.lock` that is a symbolic link (a run folder from a stranger) is refused, its target left alone."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(target)
+    with pytest.raises(OSError):
+        RunLock(tmp_path / "run").acquire()
+    assert target.read_text() == "keep me"
+
+
 def test_run_lock_held_by_killed_child_is_released(tmp_path):
     run = tmp_path / "run"
     code = (

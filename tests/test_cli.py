@@ -198,8 +198,21 @@ def gray_png(path: Path, size: tuple[int, int] = (8, 8), value: int = 128) -> Pa
     return path
 
 
+IS_FOLDER = b"<a folder>"  # BAD_CONFIGS content: make the config path a folder
+
 BAD_CONFIGS = {
     "missing": (None, ["does not exist"]),
+    "a-folder": (IS_FOLDER, ["is a folder"]),
+    "binary": (b"\x00\x01\xff\xfe\x89PNG", ["not UTF-8"]),
+    "python-tag": ("name: !!python/object/apply:os.system [echo hi]\n", ["not valid YAML", "constructor"]),
+    "section-not-a-mapping": ("optim: 5\n", ["cannot set optim.batch_size", "optim is 5"]),
+    "data-not-a-mapping": ("data: 5\n", ["bad value for data", "got 5"]),
+    "wrong-type-in-file": ("trainer: {max_steps: many}\n", ["trainer.max_steps", "many"]),
+    "nan-in-file": ("optim: {lr: .nan}\n", ["optim.lr", "nan"]),
+    "unknown-family": ("family: gann\n", ['unknown family "gann"', 'did you mean "gan"']),
+    "family-not-a-name": ("family: [gan, vae]\n", ["unknown family", "choose one of"]),
+    "name-escapes-runs": ("name: ..\n", ["bad value for name", "runs/<name>"]),
+    "name-is-a-path": ("name: /etc/cron.d\n", ["bad value for name"]),
     "malformed": ("data: {name: digits\nmodel: [\n", ["not valid YAML", "line"]),
     "list": ("- data\n- model\n", ["must be a mapping", "list"]),
     "not-utf8": (b"name: caf\xe9\n", ["not UTF-8"]),
@@ -212,7 +225,9 @@ BAD_CONFIGS = {
 def test_bad_config_file(case, victim, tmp_path, cli):
     content, phrases = BAD_CONFIGS[case]
     path = tmp_path / f"{case}.yaml"
-    if content is not None:
+    if content is IS_FOLDER:
+        path.mkdir()
+    elif content is not None:
         write(path, content)
     assert_train_error(cli, [path, *TINY], phrases, tmp_path / "fresh", victim)
 
@@ -232,6 +247,17 @@ BAD_OVERRIDES = {
                                  "trainer.accelerator=cpu"], ["divisible by devices x accumulate = 2"]),
     "missing-folder": (["data.name=folder:/no/such/folder"], ["/no/such/folder", "does not exist"]),
     "folder-without-path": (["data.name=folder:"], ["has no path", "folder:PATH"]),
+    "empty-toy-dataset": (["data.n=0"], ["data.n", "greater than or equal to 1"]),
+    "negative-lr": (["optim.lr=-1"], ["optim.lr", "greater than 0"]),
+    "betas-out-of-range": (["optim.betas=[2,0.9]"], ["optim.betas.0", "less than 1"]),
+    "nan-factor-out-of-range": (["trainer.nan_lr_factor=2"], ["trainer.nan_lr_factor"]),
+    "strategy-lightning-refuses": (["trainer.strategy=fsdp", "trainer.accelerator=cpu"],
+                                   ["Lightning refuses", "fsdp", "trainer.strategy"]),
+    # absurd sizes, refused before anything is allocated (genlab/memory.py): ~8 TB of weights
+    "absurd-network": (["data.name=digits", "model.net=unet", "model.unet.channels=1024",
+                        "model.unet.channel_mult=[64,64]", "model.unet.attention_resolutions=[8]"],
+                       ["the model needs about", "GiB", "more than the"]),
+    "override-with-newline": (["optim.lr\n=1"], ["unknown key", "'optim.lr\\n'"]),
 }
 
 
@@ -254,13 +280,37 @@ def folder_case(root: Path, case: str) -> tuple[list[str], list[str]]:
     if case == "corrupt":
         write(root / "9-broken.png", b"\x89PNG\r\n\x1a\nnot an image")
         return [], ["9-broken.png", "data.skip_bad"]
+    if case == "empty-classes":  # class sub-folders, none holding an image
+        for p in root.iterdir():
+            p.unlink()
+        for name in ("cats", "dogs"):
+            (root / name).mkdir()
+            write(root / name / "readme.txt", "none yet")
+        return [], ["no images"]
+    if case == "all-corrupt":
+        for p in root.iterdir():
+            write(p, b"GIF89a truncated")
+        return ["data.skip_bad=true"], ["no readable images", "all 4 files failed"]
+    if case == "mixed":
+        (root / "cats").mkdir()
+        gray_png(root / "cats" / "0.png")
+        return [], ["holds both", "class sub-folders"]
+    if case == "truncated":  # a real PNG cut short
+        data = (root / "0.png").read_bytes()
+        write(root / "0.png", data[: len(data) // 2])
+        return [], ["0.png", "cannot read image"]
     gray_png(root / "9-wide.png", size=(9, 8))  # "size"
     return ["data.resolution=null"], ["9-wide.png", "9x8", "data.resolution"]
 
 
-@pytest.mark.parametrize("case", ["empty", "corrupt", "size"])
+@pytest.mark.parametrize("case", ["empty", "corrupt", "size", "empty-classes", "all-corrupt", "mixed", "truncated",
+                                  "not-a-folder"])
 def test_bad_image_folder(case, victim, tmp_path, cli):
-    overrides, phrases = folder_case(tmp_path / "images", case)
+    if case == "not-a-folder":
+        overrides, phrases = [], ["is not a folder"]
+        write(tmp_path / "images", "a file where the folder should be")
+    else:
+        overrides, phrases = folder_case(tmp_path / "images", case)
     folder = f"data.name=folder:{tmp_path / 'images'}"
     args = [DIGITS_CONFIG, *TINY, *TINY_UNET, "optim.batch_size=2", folder, *overrides]
     assert_train_error(cli, args, phrases, tmp_path / "fresh", victim)
@@ -342,6 +392,8 @@ def test_bad_sample_arguments(victim, tmp_path, cli):
         (["--seed", "-1"], ["--seed"]),
         (["--temperature", "0.5"], ["--temperature", "diffusion family", "--sampler"]),
         (["--temperature", "0"], ["--temperature", "positive"]),
+        (["--batch-size", "0"], ["--batch-size", "positive"]),
+        (["-n", str(10**12)], [f"-n {10**12} samples", "need", "draw fewer"]),  # ~8 TB of samples
     ]
     for args, phrases in cases:
         assert_user_error(cli, ["sample", victim, "--out", out, *args], *phrases, unchanged=(victim,))
@@ -352,6 +404,85 @@ def test_run_json_that_is_corrupt(victim, tmp_path, cli):
     write(victim / "run.json", json.dumps({"family": "diffusion"}))
     assert_user_error(cli, ["sample", victim, "--out", tmp_path / "x.png"], "run.json", "corrupt",
                       unchanged=(victim,))
+
+
+def _edit_checkpoint_json(run: Path, **changes) -> None:
+    """Change top-level keys of the header of a run's only checkpoint."""
+    (path,) = (run / CHECKPOINTS).glob("*.json")
+    write(path, json.dumps({**json.loads(path.read_text(encoding="utf-8")), **changes}))
+
+
+def _flip_a_weight_byte(run: Path) -> None:
+    """Alter one byte of the run's only weights file, keeping its size (only the sha256 can tell)."""
+    (path,) = (run / CHECKPOINTS).glob("*.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+DAMAGED_RUNS = {  # case: (damage to a copy of a run, commands to try, phrases of the error)
+    "config-not-utf8": (lambda run: write(run / CONFIG_YAML, "name: caf\xe9\n".encode("latin-1")),
+                        ("resume", "sample", "eval"), ["config.yaml", "not UTF-8"]),
+    "config-malformed": (lambda run: write(run / CONFIG_YAML, "model: [\n"), ("resume", "sample", "eval"),
+                         ["not valid YAML"]),
+    "config-of-another-family": (lambda run: write(run / CONFIG_YAML, (run / CONFIG_YAML).read_text().replace(
+        "family: diffusion", "family: rbm")), ("resume", "sample", "eval"), ["unknown key model."]),
+    "run-json-missing": (lambda run: (run / "run.json").unlink(), ("resume", "sample", "eval"),
+                         ["not a genlab run folder"]),
+    "run-json-not-json": (lambda run: write(run / "run.json", "{"), ("resume", "sample", "eval"),
+                          ["run.json", "corrupt"]),
+    "checkpoint-json-garbage": (lambda run: write(next((run / CHECKPOINTS).glob("*.json")), "{\"format"),
+                                ("resume", "sample", "eval"), ["not valid JSON", "none of the 1 checkpoints"]),
+    "checkpoint-newer-format": (lambda run: _edit_checkpoint_json(run, version=99), ("resume", "sample"),
+                                ["format version 99"]),
+    "checkpoint-not-genlab": (lambda run: _edit_checkpoint_json(run, format="pickle"), ("resume", "sample"),
+                              ["not a genlab checkpoint"]),
+    "checkpoint-weights-missing": (lambda run: next((run / CHECKPOINTS).glob("*.safetensors")).unlink(),
+                                   ("resume", "sample"), ["weights", "missing"]),
+    "checkpoint-weights-altered": (_flip_a_weight_byte, ("resume", "sample", "eval"), ["sha256"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_RUNS))
+def test_damaged_run_folder(case, victim, tmp_path, cli):
+    damage, commands, phrases = DAMAGED_RUNS[case]
+    damage(victim)
+    argv = {"resume": ["train", "--resume", victim, "trainer.max_steps=9"],
+            "sample": ["sample", victim, "-n", "2", "--out", tmp_path / "x.png"],
+            "eval": ["eval", victim, "--n", "16", "--steps", "1"]}
+    for command in commands:
+        assert_user_error(cli, argv[command], *phrases, unchanged=(victim,))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_eval_arguments(victim, tmp_path, cli):
+    good = tmp_path / "good.npz"
+    np.savez(good, samples=np.zeros((8, 2), np.float32))
+    cases = [
+        ([victim, "--n", str(10**12)], [f"--n {10**12} samples", "need"]),
+        ([victim, "--sampler", "dpm2m"], ['did you mean "dpmpp-2m"']),
+        ([victim, "--samples", tmp_path / "missing.npz"], ["missing.npz", "does not exist"]),
+        ([victim, "--real", "digits", "--samples", good], ["either RUN_DIR or --real"]),
+        (["--real", "8gaussianz", "--samples", good], ['unknown dataset "8gaussianz"', 'did you mean "8gaussians"']),
+        ([tmp_path / "not-a-run"], ["not a genlab run folder"]),
+    ]
+    for args, phrases in cases:
+        assert_user_error(cli, ["eval", *args], *phrases, unchanged=(victim,))
+
+
+def test_batch_too_large_for_the_memory_is_refused_before_allocating(victim, tmp_path, cli, monkeypatch):
+    """On a machine with 64 MiB, batch 1024 of the digits U-Net at 16x16 is refused from one example's
+    measured activations (about 1 MiB each): one line, before training and before the run folder is written."""
+    import genlab.memory
+
+    monkeypatch.setattr(genlab.memory, "device_memory", lambda accelerator="cpu": (64 * 2**20, "machine"))
+    args = [DIGITS_CONFIG, *TINY, "optim.batch_size=1024"]
+    assert_train_error(cli, args, ["micro-batch of 1024 examples", "more than the machine's 64.0 MiB",
+                                   "lower optim.batch_size"], tmp_path / "fresh", victim)
+
+
+def test_unknown_command(cli):
+    assert_user_error(cli, ["trian", "configs/x.yaml"], "invalid choice", "'trian'")
 
 
 def test_errors_through_a_real_process(victim, tmp_path):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import GAUSS_CONFIG, TINY, genlab_argv, genlab_cmd, genlab_env, one_thread, train_tiny
+from conftest import GAUSS_CONFIG, TINY, genlab_argv, genlab_cmd, genlab_env, one_thread, tiny_config, train_tiny
 from genlab.checkpoint import flatten_state, list_checkpoints, load_checkpoint
 from genlab.config import load_config
 from genlab.data.base import TensorData
@@ -264,3 +264,9 @@ def test_batches_that_do_not_split_are_refused():
         StepBatches(_indexed_data(100), 30, 0, world_size=4)
     with pytest.raises(ConfigError, match="larger than the dataset"):
         StepBatches(_indexed_data(10), 16, 0)
+
+
+@pytest.mark.parametrize("written, parsed", [("32", "32"), ("'32'", "32"), ("bf16-mixed", "bf16-mixed")])
+def test_precision_override_reads_as_text(written, parsed):
+    """YAML reads `trainer.precision=32` as an integer: it means the "32" setting, not a type error."""
+    assert tiny_config(GAUSS_CONFIG, f"trainer.precision={written}").trainer.precision == parsed

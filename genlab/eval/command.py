@@ -62,19 +62,24 @@ def load_samples_npz(path: str | Path):
         DataError: missing or unreadable file, not an .npz, no `samples` array, or a non-numeric array.
     """
     import zipfile
+    import zlib
 
     import numpy as np
     import torch
 
     from genlab.errors import DataError
 
+    # What a damaged .npz raises: besides the obvious, a zip that claims an unsupported version or
+    # compression (NotImplementedError), encryption (RuntimeError) or corrupt deflate data (zlib.error),
+    # found by fuzzing.
+    bad_npz = (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError, zlib.error)
     path = Path(path)
     fix = "write one with `genlab sample RUN --out FILE.npz` or numpy.savez(FILE, samples=x)"
     if not path.is_file():
         raise DataError(f"samples file {path} does not exist; {fix}")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+    except bad_npz as err:
         raise DataError(f"cannot read {path} as .npz ({type(err).__name__}: {err}); {fix}") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array
         raise DataError(f"{path} is not an .npz archive; {fix}")
@@ -84,7 +89,7 @@ def load_samples_npz(path: str | Path):
             raise DataError(f"{path} has no array named 'samples' (found: {found}); {fix}")
         try:
             array = npz["samples"]
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        except bad_npz as err:
             raise DataError(f"cannot read array 'samples' of {path} ({type(err).__name__}: {err}); {fix}") from None
     if array.dtype.kind not in "fiu":
         raise DataError(f"{path}: array 'samples' has dtype {array.dtype}; it must hold numbers")
@@ -119,6 +124,10 @@ def _check_args(args) -> None:
 def run_eval(args) -> int:
     """Run `genlab eval` for parsed `args`; returns the exit code (errors are raised as GenlabError)."""
     _check_args(args)
+    if args.run:  # eval.csv and samples/eval-*.png are written into the run folder
+        from genlab.safepaths import check_run_links
+
+        check_run_links(args.run)
     from genlab.eval.evaluate import append_metrics_csv, evaluate_run, evaluate_samples
     from genlab.eval.features import check_features_mode
 
@@ -135,6 +144,10 @@ def run_eval(args) -> int:
             result = {**evaluate_samples(samples, cfg.data, **common), "run": str(args.run)}
         result["samples_file"] = str(args.samples)
     else:
+        from genlab.memory import check_sample_memory
+        from genlab.runs import read_run
+
+        check_sample_memory(args.n, read_run(Path(args.run))[1].shape, flag="--n")
         result = evaluate_run(args.run, args.n, args.sampler, args.steps, args.seed,
                               features=args.features, n_real=args.n_real, nll_n=args.nll_n)
     if args.run:

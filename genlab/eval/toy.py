@@ -183,14 +183,17 @@ def sliced_wasserstein(x: Tensor, y: Tensor, directions: Tensor | None = None, p
     return float(per_direction.mean().pow(1.0 / p))
 
 
+def scatter_extent(points: Tensor) -> float:
+    """Half-width of a plot that fits every point (N, 2): the default box, widened (up to MAX_EXTENT) when they stray."""
+    widest = math.ceil(float(points.abs().max()) * 1.05) if len(points) else DEFAULT_EXTENT
+    return min(MAX_EXTENT, max(DEFAULT_EXTENT, widest))
+
+
 def save_scatter(samples: Tensor, path: str | os.PathLike, reference: Tensor | None = None) -> Path:
     """Write a PNG scatter plot of samples (N, 2) (blue) over reference points (M, 2) (grey)."""
     from genlab.imageio import scatter_plot
 
-    pts = samples if reference is None else torch.cat([samples, reference])
-    # Fit every point: the default box, widened (up to MAX_EXTENT) when samples stray beyond it.
-    widest = math.ceil(float(pts.abs().max()) * 1.05) if len(pts) else DEFAULT_EXTENT
-    extent = min(MAX_EXTENT, max(DEFAULT_EXTENT, widest))
+    extent = scatter_extent(samples if reference is None else torch.cat([samples, reference]))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -7,6 +7,7 @@ so it is saved in the state dict, restored on resume, and used by `sample`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -93,10 +94,38 @@ class GenerativeModule(pl.LightningModule):
                                   f"(its sampling options: {have})")
         return opts
 
+    def network_evaluations(self, **sample_opts) -> int:
+        """Network evaluations per sample drawn by `sample(**sample_opts)` (one forward pass unless overridden).
+
+        `genlab compare` reports it beside samples/s; a family whose sampler calls its network
+        repeatedly (diffusion steps, Gibbs sweeps, pixel-by-pixel decoding) overrides it.
+        """
+        return 1
+
+
+def all_finite(tensors) -> bool:
+    """Whether every floating-point tensor of `tensors` holds only finite values (NaN/Inf guard).
+
+    One device synchronisation for the lot, so the trainer can ask it after every step.
+    """
+    flags = [torch.isfinite(t.detach()).all() for t in tensors if t is not None and t.is_floating_point()]
+    return bool(torch.stack([f.to(flags[0].device) for f in flags]).all()) if flags else True
+
 
 #: the command-line flag of each sampling option (for error messages)
 SAMPLE_FLAGS = {"sampler": "--sampler", "steps": "--steps", "label": "--class", "guidance": "--guidance",
                 "temperature": "--temperature"}
+
+
+@contextlib.contextmanager
+def eval_mode(net: nn.Module):
+    """A block in which `net` is in eval mode; its previous mode is restored on exit."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
 
 
 def lr_multiplier(warmup_steps: int, schedule: str, max_steps: int):

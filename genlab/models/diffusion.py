@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from genlab.diffusion.guidance import X0_POSTPROCESS, classifier_free_guidance
 from genlab.diffusion.objectives import LOSSES, WEIGHTINGS, diffusion_loss, pseudo_huber_loss
 from genlab.diffusion.precond import EDMPrecond, Preconditioner, VPPrecond, precondition
-from genlab.diffusion.samplers import TIMESTEP_SAMPLERS, get_sampler
+from genlab.diffusion.samplers import TIMESTEP_SAMPLERS, get_sampler, network_evaluations
 from genlab.diffusion.schedules import (
     DiscreteSchedule,
     sample_sigmas_discrete,
@@ -67,6 +67,8 @@ class DiffusionModel(GenerativeModule):
 
     FAMILY = "diffusion"
     SAMPLE_OPTIONS = ("sampler", "steps", "label", "guidance")
+    LIKELIHOOD = ("-log2 p(x) / D by the probability-flow ODE (Song et al. 2021): 8-bit pixels, dequantised, for "
+                  "images; the continuous density for vectors")
 
     def __init__(self, spec: DiffusionSpec, info: DataInfo, optim) -> None:
         super().__init__(build_network(spec, info), info, optim)
@@ -168,6 +170,10 @@ class DiffusionModel(GenerativeModule):
         self.net.train(was_training)
         result = torch.cat(out)
         return result.clamp(-1, 1) if self.info.kind == "image" else result
+
+    def network_evaluations(self, *, sampler: str | None = None, steps: int | None = None, **_) -> int:
+        """Denoiser calls per sample of `sample(sampler=..., steps=...)` (guidance batches both branches in one)."""
+        return network_evaluations(sampler or self.spec.sampler, steps or self.spec.steps)
 
     def log_likelihood(
         self,

@@ -11,18 +11,37 @@ from __future__ import annotations
 from torch import nn
 
 from genlab.nn.embeddings import NOISE_EMBEDDINGS, ConditionEmbedding, FourierEmbedding, PositionalEmbedding
+from genlab.nn.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from genlab.nn.mlp import MLPDenoiser
+from genlab.nn.pixelcnn import MADE, GatedPixelCNN
+from genlab.nn.rbm import RBM, BernoulliRBM, DeepBeliefNet, GaussianBernoulliRBM
 from genlab.nn.unet import ResolutionError, UNet
+from genlab.nn.vae import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, VAENet
 
 __all__ = [
     "ARCHITECTURES",
+    "BernoulliRBM",
     "ConditionEmbedding",
+    "ConvDecoder",
+    "ConvEncoder",
+    "DCGANDiscriminator",
+    "DCGANGenerator",
+    "DeepBeliefNet",
     "FourierEmbedding",
+    "GatedPixelCNN",
+    "GaussianBernoulliRBM",
+    "MADE",
+    "MLPDecoder",
     "MLPDenoiser",
+    "MLPDiscriminator",
+    "MLPEncoder",
+    "MLPGenerator",
     "NOISE_EMBEDDINGS",
     "PositionalEmbedding",
+    "RBM",
     "ResolutionError",
     "UNet",
+    "VAENet",
     "num_parameters",
 ]
 

@@ -9,27 +9,33 @@ from pydantic import Field
 from genlab.models.specs.base import Spec
 
 
-class RBMSpec(Spec):
+class BoltzmannSpec(Spec):
+    """What RBMs and DBNs share: visible units, the CD / PCD negative phase, sampling and AIS."""
+
+    visible: Literal["auto", "bernoulli", "gaussian"] = Field(
+        "auto", description="auto: bernoulli (binarised pixels) for images, gaussian (learned variances) for vectors")
+    cd_k: int = Field(1, ge=1, le=1000, description="Gibbs sweeps per gradient estimate (the k of CD-k / PCD-k)")
+    persistent: bool = Field(True, description="persistent chains, one per row of the global batch (PCD, "
+                                               "Tieleman 2008); false: CD-k chains start at the data")
+    init_std: float = Field(0.01, gt=0.0, le=1.0, description="standard deviation of the initial weights")
+    init_sigma: float = Field(0.3, gt=0.0, le=10.0, description="gaussian visible units: initial sigma of p(v | h) "
+                                                                 "on standardised data (learned; below 1 so that W grows)")
+    gibbs_steps: int = Field(1000, ge=1, le=1_000_000, description="default Gibbs sweeps of `sample` (--steps)")
+    ais_betas: int = Field(2000, ge=2, le=1_000_000, description="AIS annealing steps for log Z")
+    ais_runs: int = Field(100, ge=1, le=100_000, description="independent AIS runs for log Z")
+
+
+class RBMSpec(BoltzmannSpec):
     """RBM: Bernoulli-Bernoulli (images, binarised) or Gaussian-Bernoulli (vectors), CD-k or PCD."""
 
-    visible: Literal["auto", "bernoulli", "gaussian"] = Field("auto", description="auto: bernoulli for images")
     hidden: int = Field(256, ge=1, le=65_536, description="hidden units")
-    cd_k: int = Field(1, ge=1, le=1000, description="Gibbs steps per gradient estimate")
-    persistent: bool = Field(True, description="persistent contrastive divergence (PCD, Tieleman 2008)")
-    chains: int | None = Field(None, ge=1, le=65_536, description="persistent chains (None: the batch size)")
-    gibbs_steps: int = Field(1000, ge=1, le=1_000_000, description="default Gibbs sweeps of `sample`")
-    ais_betas: int = Field(1000, ge=2, le=1_000_000, description="intermediate temperatures of AIS")
-    ais_runs: int = Field(100, ge=1, le=100_000, description="AIS runs estimating log Z")
 
 
-class DBNSpec(Spec):
+class DBNSpec(BoltzmannSpec):
     """DBN: RBMs stacked greedily; generation by Gibbs sampling in the top RBM and a top-down pass."""
 
-    visible: Literal["auto", "bernoulli", "gaussian"] = Field("auto", description="auto: bernoulli for images")
     layers: tuple[int, ...] = Field((256, 256), min_length=1, max_length=8, description="hidden units per layer")
-    cd_k: int = Field(1, ge=1, le=1000)
-    persistent: bool = Field(True)
-    chains: int | None = Field(None, ge=1, le=65_536)
-    gibbs_steps: int = Field(1000, ge=1, le=1_000_000, description="default Gibbs sweeps in the top RBM")
-    ais_betas: int = Field(1000, ge=2, le=1_000_000)
-    ais_runs: int = Field(100, ge=1, le=100_000)
+    steps_per_layer: int = Field(2000, ge=1, le=100_000_000, description="optimiser steps of each layer but the "
+                                                                         "top, which trains for the rest of the run")
+    bound_samples: int = Field(10, ge=1, le=10_000, description="draws of q(h | v) per example in the "
+                                                                "log-likelihood bound")

@@ -1,0 +1,174 @@
+"""What a finished compare run produced: its training record, its scores, and whether it diverged.
+
+- `score_run`: samples timed (samples/s after a warm-up call), `genlab eval`'s metrics beside
+  their floors, held-out bits/dim where the family has a likelihood, and the histogram of the
+  samples over the evaluator's classes (labelled images) or the toy's modes.
+- `divergence`: the rule that counts a run as diverged (stated in its docstring).
+- `best_and_worst`: a family's seeds ranked by the primary metric (FD for images, MMD^2 for points).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from genlab.errors import DataError
+
+if TYPE_CHECKING:
+    from genlab.eval.compare import RunResult
+
+SAMPLES_NPZ = "compare-samples.npz"  # the samples drawn for the report's pictures (64 images or every point)
+MIN_CLASSES = 3  # a run whose samples cover fewer classes (or toy modes) than this has collapsed
+TIMING_SECONDS, TIMING_REPEATS = 1.0, 20  # sampling speed: repeat calls until this long (or this many)
+
+
+def training_record(folder: Path, batch_size: int) -> dict:
+    """Steps, images seen and training seconds of a finished run, read from its newest checkpoint."""
+    from genlab.checkpoint import latest_checkpoint, load_checkpoint
+    from genlab.runs import CHECKPOINTS
+
+    state = load_checkpoint(latest_checkpoint(folder / CHECKPOINTS))
+    steps = int(state.get("global_step", 0))
+    seconds = state.get("callbacks", {}).get("StopConditions", {}).get("train_seconds")
+    return {"train_steps": steps, "images_seen": steps * batch_size,
+            "train_seconds": None if seconds is None else float(seconds)}
+
+
+def training_started(folder: Path) -> bool:
+    """Whether a run folder shows training steps (a checkpoint, or logged metrics)."""
+    from genlab.checkpoint import list_checkpoints
+    from genlab.runs import CHECKPOINTS
+
+    return bool(list_checkpoints(folder / CHECKPOINTS)) or (folder / "metrics.csv").is_file()
+
+
+def loss_nan_count(folder: Path) -> int:
+    """Rows of metrics.csv in which a logged training loss is NaN or infinite."""
+    import csv
+
+    path = folder / "metrics.csv"
+    if not path.is_file():
+        return 0
+    bad = 0
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key and key.startswith("train/") and value not in ("", None):
+                    try:
+                        bad += not math.isfinite(float(value))
+                    except ValueError:
+                        pass
+    return bad
+
+
+def score_run(folder: Path, n: int, nll_n: int, seed: int) -> dict:
+    """Score a finished run: timed sampling of n samples (capped by the held-out split, as in `genlab
+    eval`), `genlab eval`'s metrics, bits/dim of nll_n held-out examples, the class or mode histogram.
+
+    Returns:
+        {"status", "error", "metrics", "floor", "class_counts", "mode_counts", "likelihood"}.
+    """
+    import torch
+
+    from genlab.data import load_dataset
+    from genlab.eval.evaluate import (DEFAULT_MAX_REAL, FLOOR_SPLIT, IMAGE_METRICS, POINT_METRICS, REAL_SPLIT,
+                                      evaluate_samples, held_out_bits_per_dim)
+    from genlab.imageio import save_samples
+    from genlab.runs import load_run_model, read_run
+
+    cfg, _ = read_run(folder)
+    test, train = load_dataset(cfg.data, REAL_SPLIT), load_dataset(cfg.data, FLOOR_SPLIT)
+    n = min(n, len(test), len(train), DEFAULT_MAX_REAL)
+    model = load_run_model(folder)
+    samples, per_second = timed_sample(model, n, seed)
+    save_samples(samples[:64] if samples.dim() == 4 else samples, folder / SAMPLES_NPZ)
+    out = {"status": "ok", "error": None, "metrics": {"samples_per_s": per_second,
+                                                      "nfe": float(model.network_evaluations())},
+           "floor": {}, "class_counts": None, "mode_counts": None, "n_scored": n,
+           "likelihood": getattr(model, "LIKELIHOOD", None)}
+    if not bool(torch.isfinite(samples).all()):
+        return {**out, "status": "diverged", "error": "the samples hold NaN or inf"}
+    try:
+        result = evaluate_samples(samples, cfg.data, seed=seed)
+    except DataError as err:
+        return {**out, "status": "failed", "error": str(err)}
+    out["metrics"].update({k: result[k] for k in (*IMAGE_METRICS, *POINT_METRICS) if k in result})
+    out["floor"] = dict(result["floor"])
+    out["class_counts"], out["mode_counts"] = sample_histograms(samples, train, test)
+    if nll_n and hasattr(model, "log_likelihood"):
+        out["metrics"]["nll_bpd"] = held_out_bits_per_dim(model, cfg.data, nll_n, seed)
+    return out
+
+
+def timed_sample(model, n: int, seed: int, **opts):
+    """(n samples, samples per second) of `model.sample`: a small warm-up call, then timed calls of n
+    samples, repeated (up to TIMING_REPEATS) until TIMING_SECONDS have passed, so that fast samplers
+    are not timed from one call of a few milliseconds."""
+    import torch
+
+    model.sample(min(n, 16), generator=torch.Generator().manual_seed(seed), **opts)
+    calls, start = 0, time.perf_counter()
+    while True:
+        samples = model.sample(n, generator=torch.Generator().manual_seed(seed), **opts)
+        calls += 1
+        spent = time.perf_counter() - start
+        if spent >= TIMING_SECONDS or calls >= TIMING_REPEATS:
+            return samples, calls * n / max(spent, 1e-9)
+
+
+def sample_histograms(samples, train, test) -> tuple[list | None, list | None]:
+    """(samples per evaluator class, high-quality samples per toy mode); None where the data have neither."""
+    from genlab.eval import toy as T
+
+    if test.kind == "vector":
+        if test.modes is None or test.mode_std is None:
+            return None, None
+        return None, [int(c) for c in T.mode_coverage(samples.float(), test.modes, test.mode_std).counts]
+    if test.y is None:
+        return None, None
+    from genlab.eval.features import build_evaluator, single_thread
+
+    with single_thread():
+        _, logits = build_evaluator(train, test, "auto").embed(samples.float())
+    if logits is None:
+        return None, None
+    return [int(c) for c in logits.argmax(dim=1).bincount(minlength=logits.shape[1])], None
+
+
+def covered(counts: list | None, share: float = 0.0) -> int | None:
+    """How many classes (or modes) hold more than `share` of the samples."""
+    if not counts:
+        return None
+    total = sum(counts) or 1
+    return sum(c / total > share for c in counts)
+
+
+def divergence(result: RunResult, nan_rows: int, started: bool) -> str | None:
+    """Why a run counts as diverged, or None: a NaN/inf loss, non-finite samples, samples covering fewer
+    than MIN_CLASSES classes (or toy modes), or a failure after training `started` (a run that never
+    trained, e.g. with a bad config, failed but did not diverge)."""
+    if result.status != "ok":
+        return (result.error or result.status) if started else None
+    if nan_rows:
+        return f"NaN/inf training loss in {nan_rows} logged step(s)"
+    counts = result.class_counts if result.class_counts is not None else result.mode_counts
+    # a class counts when it holds at least 1/(4K) of the samples: stray misclassifications do not
+    hit = covered(counts, 0.25 / len(counts)) if counts else None
+    if hit is not None and hit < MIN_CLASSES:
+        what = ("class", "classes") if result.class_counts is not None else ("mode", "modes")
+        return f"collapsed to {hit} {what[hit != 1]}"
+    return None
+
+
+def best_and_worst(results: list[RunResult], family: str, kind: str) -> tuple[RunResult, RunResult] | None:
+    """The scored runs of `family` with the lowest and the highest primary metric, or None if none scored."""
+    from genlab.eval.conclusions import PRIMARY_METRIC
+
+    metric = PRIMARY_METRIC[kind]
+    scored = [r for r in results if r.family == family and r.status == "ok" and r.metrics.get(metric) is not None]
+    if not scored:
+        return None
+    ranked = sorted(scored, key=lambda r: r.metrics[metric])
+    return ranked[0], ranked[-1]

@@ -1,0 +1,346 @@
+"""Tests of `genlab compare`: a tiny comparison on 8gaussians (seconds per run) whose report files
+must exist and parse, with every family x seed row, a failing family reported without stopping
+the others, finished runs reused on a re-run, and conclusions that follow the numbers when the
+numbers are perturbed. Plus the pieces: budget parsing, the training clock that leaves
+evaluation time out of the budget, config resolution, Welch's test.
+
+The main comparison trains in-process (`isolate=False`, seconds faster than a new interpreter
+per run); one CLI test runs the real thing, each run in its own `genlab train` process.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import GAUSS_CONFIG, folder_digest, genlab_cmd, one_thread
+from genlab.errors import ConfigError
+from genlab.eval import compare as C
+from genlab.eval.conclusions import Summary, conclusions, label, metric_names, welch_p
+from genlab.eval.report import read_results_csv
+
+SEEDS = 2
+BUDGET = 1.0  # seconds of training per run
+FAMILIES = ("diffusion", "gan", "vae")  # gan fails while training (missing data), vae before (bad config key)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Every test here on one torch thread (see conftest.one_thread)."""
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def config_dir(tmp_path_factory) -> Path:
+    """Configs for 8gaussians: a tiny diffusion model, a GAN whose data folder is missing (it fails when
+    training starts) and a VAE with an unknown key (its config fails to load)."""
+    folder = tmp_path_factory.mktemp("configs")
+    tree = yaml.safe_load(GAUSS_CONFIG.read_text())
+    tree["model"]["mlp"] = {"hidden": 32, "depth": 2}
+    tree["optim"].update(batch_size=64, lr_schedule="constant")
+    tree["trainer"].update(sample_every=100000, sample_n=16)
+    tree["eval"] = {"n": 200}
+    (folder / "8gaussians-diffusion.yaml").write_text(yaml.safe_dump(tree))
+    missing = folder / "no-such-folder"
+    (folder / "8gaussians-gan.yaml").write_text(yaml.safe_dump(
+        {"name": "broken-gan", "family": "gan", "data": {"name": f"folder:{missing}"}}))
+    (folder / "8gaussians-vae.yaml").write_text(yaml.safe_dump(
+        {"name": "broken-vae", "family": "vae", "model": {"no_such_key": 1}}))
+    return folder
+
+
+def tiny_settings(out: Path, config_dir: Path, **changes) -> C.CompareSettings:
+    base = dict(data="8gaussians", families=FAMILIES, seeds=SEEDS, out=out, config_dir=config_dir,
+                budget_seconds=BUDGET, n=400, nll_n=16, samplers=("euler", "dpmpp-2m"), steps_grid=(2, 4),
+                isolate=False)
+    return C.CompareSettings(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, config_dir) -> dict:
+    """One tiny comparison, trained in this process; its log lines are kept."""
+    lines: list[str] = []
+    inputs = C.compare(tiny_settings(tmp_path_factory.mktemp("compare") / "out", config_dir), log=lines.append)
+    return {**inputs, "log": lines, "out": inputs["settings"].out}
+
+
+def runs_of(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    found: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        found.setdefault((row["family"], row["seed"]), []).append(row)
+    return found
+
+
+# ---------------------------------------------------------------- the comparison and its report
+
+
+class _Page(HTMLParser):
+    """Collects the tags, image sources and text of an HTML page (and fails on unbalanced tags)."""
+
+    VOID = {"meta", "img", "br", "hr", "link"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.images: list[str] = []
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
+        self.open.pop()
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_files_exist_and_parse(compared):
+    out = compared["out"]
+    assert compared["report"]["problems"] == []
+    page = _Page()
+    page.feed((out / "report.html").read_text(encoding="utf-8"))
+    assert page.open == [] and "table" in page.tags
+    assert page.images and all((out / src).is_file() for src in page.images)  # a self-contained folder
+    for name in ("samples.png", "quality.png", "coverage.png", "curves.png", "steps.png", "cost.png",
+                 "losses-diffusion.png"):
+        assert f"figures/{name}" in page.images
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for heading in ("Conclusions", "Quality and diversity", "Mode coverage", "Training stability", "Sampling cost",
+                    "Likelihood", "Reproduce"):
+        assert f"## {heading}" in md
+    assert compared["settings"].command() in md  # the exact command that reproduces the report
+    rows = read_results_csv(out / "results.csv")
+    assert rows and set(rows[0]) == {"family", "seed", "metric", "value", "floor", "better", "status", "diverged",
+                                     "error"}
+
+
+def test_every_family_seed_and_metric_has_a_row(compared):
+    rows = read_results_csv(compared["out"] / "results.csv")
+    runs = runs_of(rows)
+    assert set(runs) == {(f, str(k)) for f in FAMILIES for k in range(SEEDS)}
+    for run_rows in runs.values():
+        assert [r["metric"] for r in run_rows][: len(metric_names("vector"))] == list(metric_names("vector"))
+        assert len({r["status"] for r in run_rows}) == 1
+    for row in rows:
+        if row["family"] == "diffusion" and row["metric"] in ("mmd2", "sw", "samples_per_s", "nll_bpd", "nfe"):
+            assert row["status"] == "ok" and math.isfinite(float(row["value"]))
+        if row["metric"] == "mmd2":
+            assert row["floor"] != ""  # every quality metric beside its real-vs-real floor
+
+
+def test_a_failing_family_is_reported_and_the_others_complete(compared):
+    rows = read_results_csv(compared["out"] / "results.csv")
+    for (family, _), run_rows in runs_of(rows).items():
+        status, error = run_rows[0]["status"], run_rows[0]["error"]
+        if family == "diffusion":
+            assert status == "ok"
+        else:
+            assert status == "failed" and all(r["value"] == "" for r in run_rows)  # blank, not zero
+            assert ("no-such-folder" if family == "gan" else "no_such_key") in error
+    md = (compared["out"] / "report.md").read_text(encoding="utf-8")
+    assert f"gan failed in {SEEDS} of {SEEDS} runs" in md and f"vae failed in {SEEDS} of {SEEDS} runs" in md
+    # one progress line per event, naming the run
+    assert any(line.startswith(f"[1/{len(FAMILIES) * SEEDS}] diffusion seed 0: training") for line in compared["log"])
+    assert any("gan seed 1: FAILED" in line for line in compared["log"])
+
+
+def test_curves_are_against_training_time_within_the_budget(compared):
+    for r in compared["results"]:
+        if r.family != "diffusion":
+            continue
+        with open(Path(r.folder) / "eval.csv", newline="") as f:
+            seconds = [float(row["train_seconds"]) for row in csv.DictReader(f)]
+        assert seconds and seconds == sorted(seconds)
+        # training stops at the first step boundary after the budget: never before it
+        assert r.metrics["train_seconds"] >= BUDGET and r.metrics["train_steps"] >= 1
+        assert r.metrics["images_seen"] == 64 * r.metrics["train_steps"]
+        assert r.metrics["nfe"] == 20  # the config's dpmpp-2m at 20 steps: one denoiser call per step
+    curve = compared["steps_curves"]["diffusion"]
+    assert [(row["sampler"], row["steps"]) for row in curve["rows"]] == [
+        ("euler", 2), ("euler", 4), ("dpmpp-2m", 2), ("dpmpp-2m", 4)]
+    assert all(math.isfinite(row["mmd2"]) and row["samples_per_s"] > 0 for row in curve["rows"])
+
+
+def test_rerun_reuses_finished_runs(compared, monkeypatch):
+    out, settings = compared["out"], compared["settings"]
+    before = {r.folder: folder_digest(Path(r.folder) / "checkpoints") for r in compared["results"]
+              if r.status == "ok"}
+    trained: list[str] = []
+    real_train_run = C.train_run
+    monkeypatch.setattr(C, "train_run", lambda plan, isolate: trained.append(plan.name) or real_train_run(plan, isolate))
+    lines: list[str] = []
+    again = C.compare(settings, log=lines.append)
+    assert trained == [f"gan-seed{k}" for k in range(SEEDS)]  # failed runs are tried again, finished ones are not
+    assert sum("finished earlier: reused" in line for line in lines) == SEEDS
+    assert any("quality vs steps reused" in line for line in lines)
+    for folder, digest in before.items():
+        assert folder_digest(Path(folder) / "checkpoints") == digest
+    old = {(r.family, r.seed): r.metrics for r in compared["results"]}
+    assert all(r.metrics == old[(r.family, r.seed)] for r in again["results"] if r.status == "ok")
+    assert (out / "report.html").is_file()
+
+
+def test_report_conclusions_follow_the_numbers_of_results_csv(compared):
+    out = compared["out"]
+    rows = read_results_csv(out / "results.csv")
+    md = (out / "report.md").read_text(encoding="utf-8")
+    assert all(line in md for line in conclusions(rows))  # the report says what the table says
+
+    def mmd_line(twin_scale: float) -> str:
+        twin = [{**r, "family": "twin", "value": str(float(r["value"]) * twin_scale)}
+                for r in rows if r["family"] == "diffusion" and r["value"] != ""]
+        return next(line for line in conclusions(rows + twin) if line.startswith(f"{label('mmd2')} ("))
+
+    assert "twin ranks first" in mmd_line(0.5)  # lower MMD is better
+    assert "diffusion ranks first" in mmd_line(2.0)
+
+
+# ---------------------------------------------------------------- conclusions from synthetic numbers
+
+
+def synthetic_rows(values: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """results.csv rows for family -> metric -> values per seed."""
+    return [{"family": family, "seed": str(k), "metric": metric, "value": repr(v), "floor": "", "better": "",
+             "status": "ok", "diverged": "0", "error": ""}
+            for family, metrics in values.items() for metric, vs in metrics.items() for k, v in enumerate(vs)]
+
+
+def sentence(lines: list[str], metric: str) -> str:
+    return next(line for line in lines if line.startswith(f"{label(metric)} ("))
+
+
+def test_conclusions_rank_by_the_metric_direction():
+    rows = synthetic_rows({"a": {"fd": [10.0, 10.5, 9.5], "recall": [0.2, 0.25, 0.15]},
+                           "b": {"fd": [20.0, 21.0, 19.0], "recall": [0.6, 0.65, 0.55]}})
+    lines = conclusions(rows)
+    assert "a ranks first" in sentence(lines, "fd") and "clear gap" in sentence(lines, "fd")  # lower FD is better
+    assert "b ranks first" in sentence(lines, "recall")  # higher recall is better
+    swapped = synthetic_rows({"a": {"fd": [20.0, 21.0, 19.0]}, "b": {"fd": [10.0, 10.5, 9.5]}})
+    assert "b ranks first" in sentence(conclusions(swapped), "fd")
+
+
+def test_conclusions_call_a_gap_within_the_seed_spread_noise():
+    noisy = synthetic_rows({"a": {"fd": [5.0, 15.0, 10.0]}, "b": {"fd": [6.0, 16.0, 11.0]}})
+    line = sentence(conclusions(noisy), "fd")
+    assert "a ranks first" in line and "within noise" in line
+    one_seed = synthetic_rows({"a": {"fd": [5.0]}, "b": {"fd": [9.0]}})
+    assert "cannot be told from noise" in sentence(conclusions(one_seed), "fd")
+    tied = synthetic_rows({"a": {"mode_coverage": [1.0, 1.0]}, "b": {"mode_coverage": [1.0, 1.0]},
+                           "c": {"mode_coverage": [0.5, 0.5]}})
+    assert "a, b tie for first" in sentence(conclusions(tied), "mode_coverage")
+
+
+def test_conclusions_count_failed_and_diverged_runs():
+    rows = synthetic_rows({"a": {"fd": [1.0, 2.0]}, "b": {"fd": [3.0, 4.0]}})
+    rows[2]["diverged"], rows[2]["error"] = "1", "collapsed to 2 classes"
+    rows.append({**rows[0], "family": "c", "seed": "0", "status": "failed", "value": "", "error": "boom"})
+    text = "\n".join(conclusions(rows))
+    assert "c failed in 1 of 1 runs: boom" in text and "b 1 of 2" in text
+
+
+def test_welch_p_from_summaries_equals_the_test_on_the_raw_values():
+    from statistics import fmean, stdev
+
+    from scipy.stats import ttest_ind
+
+    a, b = [1.0, 2.5, 1.7, 2.2], [2.9, 3.4, 2.2]
+    summary = [Summary(name, fmean(xs), stdev(xs), len(xs)) for name, xs in (("a", a), ("b", b))]
+    assert welch_p(*summary) == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    assert welch_p(Summary("a", 1.0, 0.0, 3), Summary("b", 1.0, 0.0, 3)) == 1.0
+
+
+# ---------------------------------------------------------------- the pieces
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1h", 3600), ("1.5m", 90)])
+def test_parse_budget(text, seconds):
+    assert C.parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1m", "10x", "nan", ""])
+def test_parse_budget_refuses_nonsense(text):
+    with pytest.raises(ConfigError, match="--budget"):
+        C.parse_budget(text)
+
+
+def test_training_clock_leaves_paused_time_out():
+    from genlab.train import TrainingClock
+
+    now = [100.0]
+    clock = TrainingClock(now=lambda: now[0])
+    clock.start()
+    now[0] += 3.0
+    with clock.paused():
+        now[0] += 50.0  # an evaluation
+    now[0] += 2.0
+    assert clock.elapsed() == 5.0
+    clock.offset = 7.0  # restored from a checkpoint: earlier sessions count in the run's total
+    assert clock.total() == 12.0 and clock.elapsed() == 5.0
+
+
+def test_budget_overrides_match_the_budget(tmp_path):
+    by_time = tiny_settings(tmp_path, tmp_path, budget_seconds=600.0)
+    assert C.budget_overrides(by_time, 64) == [f"trainer.max_steps={C.MAX_STEPS}", "trainer.max_time=600",
+                                               f"eval.every_seconds={600 / C.CURVE_POINTS:g}"]
+    by_images = tiny_settings(tmp_path, tmp_path, budget_seconds=None, budget_images=1000)
+    steps = math.ceil(1000 / 64)
+    assert C.budget_overrides(by_images, 64) == [f"trainer.max_steps={steps}", f"eval.every={steps // C.CURVE_POINTS}",
+                                                 "trainer.max_time=null"]
+
+
+def test_family_config_falls_back_to_the_config_of_the_data_kind(tmp_path):
+    (tmp_path / "8gaussians-gan.yaml").write_text("family: gan\n")
+    (tmp_path / "25gaussians-gan.yaml").write_text("family: gan\n")
+    assert C.family_config("gan", "25gaussians", tmp_path) == (tmp_path / "25gaussians-gan.yaml", ())
+    assert C.family_config("gan", "moons", tmp_path) == (tmp_path / "8gaussians-gan.yaml", ("data.name=moons",))
+    assert C.family_config("vae", "folder:/x/y", tmp_path) == (tmp_path / "digits-vae.yaml", ("data.name=folder:/x/y",))
+
+
+def test_a_crashing_training_process_is_one_line_of_error(tmp_path, config_dir):
+    """A run trained in its own `genlab train` process: its failure comes back as the process's error line."""
+    plan = C.plan_runs(tiny_settings(tmp_path / "out", config_dir, families=("gan",), seeds=1))[0]
+    error = C.train_run(plan, isolate=True)
+    assert error is not None and "no-such-folder" in error and "\n" not in error
+    assert "error:" in (plan.folder / C.TRAIN_LOG).read_text()
+
+
+@pytest.mark.slow
+def test_cli_runs_each_family_in_its_own_process(tmp_path, config_dir):
+    """The real command: progress lines, the report, and a family whose `genlab train` process fails."""
+    out = tmp_path / "report"
+    proc = genlab_cmd("compare", "--data", "8gaussians", "--families", "diffusion,gan", "--seeds", "1", "--budget",
+                      "1s", "--config-dir", str(config_dir), "--out", str(out), "--n", "200", "--nll-n", "0",
+                      "--samplers", "euler", "--steps-grid", "2", timeout=300, check_rc=0)
+    assert "[1/2] diffusion seed 0: training" in proc.stdout and "[2/2] gan seed 0: FAILED" in proc.stdout
+    rows = read_results_csv(out / "results.csv")
+    status = {(r["family"], r["seed"]): (r["status"], r["error"]) for r in rows}
+    assert status[("diffusion", "0")][0] == "ok"
+    assert status[("gan", "0")][0] == "failed" and "no-such-folder" in status[("gan", "0")][1]
+    assert (out / "runs" / "gan-seed0" / "train.log").is_file() and (out / "report.html").is_file()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--families", "diffusion,gann"], 'unknown family "gann"'),
+    (["--budget", "ten minutes"], "--budget"),
+    (["--families", "diffusion,diffusion"], "twice"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    from genlab.cli import main
+
+    assert main(["compare", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
