@@ -16,6 +16,7 @@ docs/images/<data>-<family>.png (the README gallery).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -44,8 +45,8 @@ def train_run(config: Path, out: Path) -> dict:
         shutil.rmtree(out)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "genlab.cli", "train", str(config), "--out", str(out),
-                           "trainer.progress=false"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "genlab.cli", "train", str(config), "trainer.progress=false",
+                           "--out", str(out)], capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"training {config} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-speed", type=int, default=256, help="samples per timed call")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--nll-n", type=int, default=100)
-    p.add_argument("--keep", action="store_true", help="reuse finished runs in benchmarks/results/")
+    p.add_argument("--keep", action="store_true", help="reuse runs this script finished before (with their timing)")
     args = p.parse_args(argv)
     warn_if_busy()
     records = []
@@ -69,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.families.split(","):
         config = REPO / "configs" / f"{args.data}-{family}.yaml"
         out = RESULTS / f"families-run-{args.data}-{family}"
-        timing = {"train_s": None, "peak_rss_mib": None}
-        if not (args.keep and (out / "checkpoints").is_dir()):
+        timing_file = out / "benchmark-timing.json"
+        if args.keep and timing_file.is_file():
+            timing = json.loads(timing_file.read_text())
+        else:
             print(f"training {config.name} ...", flush=True)
             timing = train_run(config, out)
+            timing_file.write_text(json.dumps(timing))
         model = load_run_model(out)
         draw = lambda: model.sample(args.n_speed, generator=torch.Generator().manual_seed(0))  # noqa: E731
         seconds = median_time(draw, "cpu", repeats=args.repeats, warmup=1)

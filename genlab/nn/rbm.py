@@ -20,18 +20,21 @@ In both, p(h_j = 1 | v) = sigmoid(c_j + v'^T W_j), and summing out h gives the f
 + v'^T W h). AIS anneals along exp(-(1 - beta) V_A(v) - beta E(v, h)) from a base model with a known
 partition function, free hidden units and visible term V_A (beta = 0), to the model (beta = 1)
 (Salakhutdinov & Murray 2008, Sec. 3.2): V_A = V for binary units (the base's visible biases are the
-model's), a wider Gaussian for Gaussian units (see GaussianBernoulliRBM). A deep belief net is a stack of RBMs (Hinton, Osindero & Teh 2006).
+model's), a wider Gaussian for Gaussian units (see GaussianBernoulliRBM).
+
+A deep belief net is a stack of RBMs (Hinton, Osindero & Teh 2006).
 """
 
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BernoulliRBM", "DeepBeliefNet", "GaussianBernoulliRBM", "RBM", "binary_states"]
+__all__ = ["RBM", "BernoulliRBM", "DeepBeliefNet", "GaussianBernoulliRBM", "binary_states"]
 
 
 class RBM(nn.Module):
@@ -218,7 +221,7 @@ class DeepBeliefNet(nn.Module):
 
     def __init__(self, rbms: list[RBM]) -> None:
         super().__init__()
-        for lower, upper in zip(rbms, rbms[1:]):
+        for lower, upper in pairwise(rbms):
             assert isinstance(upper, BernoulliRBM) and upper.visible == lower.hidden, "layers do not stack"
         self.rbms = nn.ModuleList(rbms)
 

@@ -18,8 +18,9 @@ class BoltzmannSpec(Spec):
     persistent: bool = Field(True, description="persistent chains, one per row of the global batch (PCD, "
                                                "Tieleman 2008); false: CD-k chains start at the data")
     init_std: float = Field(0.01, gt=0.0, le=1.0, description="standard deviation of the initial weights")
-    init_sigma: float = Field(0.3, gt=0.0, le=10.0, description="gaussian visible units: initial sigma of p(v | h) "
-                                                                 "on standardised data (learned; below 1 so that W grows)")
+    init_sigma: float = Field(0.3, gt=0.0, le=10.0, description="gaussian visible units: initial sigma of "
+                                                                 "p(v | h) on standardised data (learned; below 1 so "
+                                                                 "that W grows)")
     gibbs_steps: int = Field(1000, ge=1, le=1_000_000, description="default Gibbs sweeps of `sample` (--steps)")
     ais_betas: int = Field(2000, ge=2, le=1_000_000, description="AIS annealing steps for log Z")
     ais_runs: int = Field(100, ge=1, le=100_000, description="independent AIS runs for log Z")
