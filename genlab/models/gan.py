@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError
-from genlab.models.base import DataInfo, GenerativeModule, lr_multiplier
+from genlab.models.base import DataInfo, GenerativeModule, eval_mode, lr_multiplier
 from genlab.models.specs import GANSpec
 from genlab.nn import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 
@@ -253,14 +253,9 @@ class GANModel(GenerativeModule):
         if z.ndim != 2 or z.shape[1] != self.latent_dim:
             raise ValueError(f"z must have shape (n, {self.latent_dim}), got {tuple(z.shape)}")
         y = self.labels_for(label, len(z))
-        net = self.sampling_net(ema)
-        was_training = net.training
-        net.eval()
-        try:
+        with eval_mode(self.sampling_net(ema)) as net:
             out = [net(z[i : i + batch_size].to(self.device), None if y is None else y[i : i + batch_size].to(self.device))
                    .float().cpu() for i in range(0, len(z), batch_size)]
-        finally:
-            net.train(was_training)
         x = torch.cat(out) if out else torch.zeros(0, *self.info.shape)
         return x.clamp(-1, 1) if self.info.kind == "image" else x
 

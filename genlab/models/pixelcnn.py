@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab.errors import ConfigError
-from genlab.models.base import eval_mode, DataInfo, GenerativeModule
+from genlab.models.base import DataInfo, GenerativeModule, eval_mode
 from genlab.models.specs import PixelCNNSpec
 from genlab.nn.distributions import OUTPUTS, OutputDistribution
 from genlab.nn.likelihoods import quantize

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError
-from genlab.models.base import eval_mode, DataInfo, GenerativeModule
+from genlab.models.base import DataInfo, GenerativeModule, eval_mode
 from genlab.models.specs import VAESpec
 from genlab.nn.likelihoods import (bernoulli_log_prob, binarize, discretized_logistic_log_prob, normal_log_prob,
                                    quantize)
