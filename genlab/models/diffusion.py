@@ -23,7 +23,7 @@ from genlab.diffusion.schedules import (
 from genlab.diffusion.likelihood import ddpm_vlb_bits_per_dim, pf_ode_bits_per_dim
 from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError, unknown_name_error
-from genlab.models.base import DataInfo, GenerativeModule
+from genlab.models.base import DataInfo, GenerativeModule, eval_mode
 from genlab.models.specs import DiffusionSpec
 from genlab.nn import MLPDenoiser, UNet
 
@@ -160,14 +160,12 @@ class DiffusionModel(GenerativeModule):
         fn = get_sampler(name)
         sigmas = self.sampling_sigmas(name, steps or self.spec.steps)
         denoise = self.denoiser(ema=ema, label=label, guidance=guidance)
-        was_training = self.net.training
-        self.net.eval()
         out = []
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            x = torch.randn((b, *self.info.shape), generator=generator).to(self.device) * float(sigmas[0])
-            out.append(fn(denoise, x, sigmas, generator=generator, **sampler_opts).cpu())
-        self.net.train(was_training)
+        with eval_mode(self.sampling_net(ema)):
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                x = torch.randn((b, *self.info.shape), generator=generator).to(self.device) * float(sigmas[0])
+                out.append(fn(denoise, x, sigmas, generator=generator, **sampler_opts).cpu())
         result = torch.cat(out)
         return result.clamp(-1, 1) if self.info.kind == "image" else result
 

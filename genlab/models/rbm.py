@@ -37,7 +37,7 @@ from genlab.boltzmann.ais import ais_betas, ais_log_partition, dbn_log_likelihoo
 from genlab.boltzmann.gibbs import contrastive_divergence_loss, gibbs_sweeps, random_visible, sample_hidden
 from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError
-from genlab.models.base import DataInfo, GenerativeModule, lr_multiplier
+from genlab.models.base import DataInfo, GenerativeModule, eval_mode, lr_multiplier
 from genlab.models.specs.rbm import BoltzmannSpec, DBNSpec, RBMSpec
 from genlab.nn.rbm import RBM, BernoulliRBM, DeepBeliefNet, GaussianBernoulliRBM
 
@@ -170,18 +170,16 @@ class RBMModel(GenerativeModule):
         net = self.sampling_net(ema)
         layers = self.stack(net)
         top = layers[-1]
-        was_training = net.training
-        net.eval()
         out = []
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            v0 = random_visible(top, b, generator, device=self.device)
-            v, h = gibbs_sweeps(top, v0, steps or self.spec.gibbs_steps, generator)
-            x = h if len(layers) == 1 else v  # the hidden states feeding the bottom layer's p(v | h_1)
-            for rbm in reversed(layers[1:-1]):  # top-down: h_{l-1} ~ p(h_{l-1} | h_l)
-                x = rbm.sample_visible(x, rbm.visible_noise(b, generator))
-            out.append(self.data_of_hidden(layers[0], x, generator).cpu())
-        net.train(was_training)
+        with eval_mode(net):
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                v0 = random_visible(top, b, generator, device=self.device)
+                v, h = gibbs_sweeps(top, v0, steps or self.spec.gibbs_steps, generator)
+                x = h if len(layers) == 1 else v  # the hidden states feeding the bottom layer's p(v | h_1)
+                for rbm in reversed(layers[1:-1]):  # top-down: h_{l-1} ~ p(h_{l-1} | h_l)
+                    x = rbm.sample_visible(x, rbm.visible_noise(b, generator))
+                out.append(self.data_of_hidden(layers[0], x, generator).cpu())
         return torch.cat(out)
 
     def network_evaluations(self, *, steps: int | None = None, **_) -> int:
@@ -213,15 +211,11 @@ class RBMModel(GenerativeModule):
         """
         net = self.sampling_net(ema)
         layers = self.stack(net)
-        was_training = net.training
-        net.eval()
-        try:
+        with eval_mode(net):
             v = self.data_visible(x.to(self.device), generator, len(x), slice(None))
             log_z = ais_log_partition(layers[-1], ais_betas(betas or self.spec.ais_betas),
                                       runs or self.spec.ais_runs, generator).log_z
             log_p = dbn_log_likelihood_bound(layers, v, log_z, generator, self.bound_samples)
-        finally:
-            net.train(was_training)
         dim = v.shape[1]
         log_p = log_p - dim * math.log(self.scale)  # density of x = scale * v (0 for binary pixels)
         return (-log_p / (dim * math.log(2))).cpu()

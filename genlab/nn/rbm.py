@@ -28,6 +28,7 @@ A deep belief net is a stack of RBMs (Hinton, Osindero & Teh 2006).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from itertools import pairwise
 
 import torch
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 __all__ = ["RBM", "BernoulliRBM", "DeepBeliefNet", "GaussianBernoulliRBM", "binary_states"]
 
 
-class RBM(nn.Module):
+class RBM(nn.Module, ABC):
     """The parts every RBM shares: W (D, H), visible biases b (D,), hidden biases c (H,), binary hidden units.
 
     Subclasses define the visible side: `visible_input`, `visible_term`, `visible_mean`,
@@ -58,33 +59,33 @@ class RBM(nn.Module):
 
     # ---------------------------------------------------------------- the visible side (per visible type)
 
+    @abstractmethod
     def visible_input(self, v: Tensor) -> Tensor:
         """v', what the visible units feed the couplings. (B, D) -> (B, D)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def visible_term(self, v: Tensor) -> Tensor:
         """V(v), the part of the energy with no hidden unit. (B, D) -> (B,)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def visible_mean(self, h: Tensor) -> Tensor:
         """E[v | h]. (B, H) -> (B, D)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def visible_noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """The noise `sample_visible` turns into a draw of v, for n rows: (n, D) on the CPU."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample_visible(self, h: Tensor, noise: Tensor) -> Tensor:
         """A draw of v ~ p(v | h) from noise of `visible_noise`. (B, H), (B, D) -> (B, D)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_visible_partition(self, h: Tensor) -> Tensor:
         """log of the sum (or integral) over v of exp(-V(v) + v'^T W h). (K, H) -> (K,)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_conditional_visible(self, v: Tensor, h: Tensor) -> Tensor:
         """log p(v | h), a probability (Bernoulli) or a density (Gaussian). (B, D), (B, H) -> (B,)."""
-        raise NotImplementedError
 
     # ---------------------------------------------------------------- the AIS base (the visible factor by default)
 
