@@ -261,8 +261,13 @@ class StopConditions(Callback):
                 self._previous[sig] = signal.signal(sig, lambda signum, _: self.request_stop(signal.Signals(signum).name))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.max_time is not None and self.clock.elapsed() >= self.max_time:
-            self.request_stop(f"time budget of {self.max_time:g} s spent")
+        if self.max_time is not None:
+            spent = self.clock.elapsed() / self.max_time
+            # The learning-rate schedule follows the budget (models.base.lr_multiplier): every rank
+            # takes rank 0's clock, so that their rates, and so their weights, stay identical.
+            pl_module.time_spent = min(1.0, trainer.strategy.broadcast(spent, src=0) if trainer.world_size > 1 else spent)
+            if spent >= 1.0:
+                self.request_stop(f"time budget of {self.max_time:g} s spent")
         if self.reason is not None and _is_step_end(trainer, batch_idx):
             trainer.should_stop = True
 

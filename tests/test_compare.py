@@ -123,8 +123,10 @@ def test_report_files_exist_and_parse(compared):
         assert f"## {heading}" in md
     assert compared["settings"].command() in md  # the exact command that reproduces the report
     rows = read_results_csv(out / "results.csv")
-    assert rows and set(rows[0]) == {"family", "seed", "metric", "value", "floor", "better", "status", "diverged",
-                                     "error"}
+    assert rows and set(rows[0]) == {"family", "seed", "metric", "unit", "value", "floor", "better", "status",
+                                     "diverged", "error"}
+    units = {(r["family"], r["unit"]) for r in rows if r["metric"] == "nll_bpd"}
+    assert ("diffusion", "continuous density") in units  # 2-D points: bits of a density
 
 
 def test_every_family_seed_and_metric_has_a_row(compared):
@@ -249,6 +251,40 @@ def test_conclusions_count_failed_and_diverged_runs():
     rows.append({**rows[0], "family": "c", "seed": "0", "status": "failed", "value": "", "error": "boom"})
     text = "\n".join(conclusions(rows))
     assert "c failed in 1 of 1 runs: boom" in text and "b 1 of 2" in text
+
+
+def test_bits_per_dim_are_ranked_only_within_one_unit():
+    rows = synthetic_rows({"pixelcnn": {"nll_bpd": [3.1, 3.2]}, "vae": {"nll_bpd": [4.0, 4.2]},
+                           "rbm": {"nll_bpd": [0.5, 0.52]}})
+    for row in rows:
+        row["unit"] = "binarised pixels" if row["family"] == "rbm" else "8-bit pixels"
+    lines = conclusions(rows)
+    eight_bit = sentence(lines, "nll_bpd [8-bit pixels]")
+    assert eight_bit.startswith("bits/dim of 8-bit pixels (") and "pixelcnn ranks first" in eight_bit
+    assert "rbm" not in eight_bit  # its 0.5 bits of a binarised pixel would "win" a mixed ranking
+    assert "only rbm has a value" in sentence(lines, "nll_bpd [binarised pixels]")
+    assert any(line.startswith("Bits/dim are ranked within each unit only") for line in lines)
+    first_places = lines[0]
+    assert "rbm on 1 (bits/dim of binarised pixels)" not in first_places  # a lone value is not a first place
+    same_unit = [{**row, "unit": "8-bit pixels"} for row in rows]  # were they one unit, rbm would rank first
+    assert "rbm ranks first" in sentence(conclusions(same_unit), "nll_bpd [8-bit pixels]")
+
+
+@pytest.mark.parametrize("family,kind,model_overrides,unit", [
+    ("diffusion", "image", {}, "8-bit pixels"), ("diffusion", "vector", {}, "continuous density"),
+    ("vae", "image", {"likelihood": "bernoulli"}, "8-bit pixels"),  # P(k) = P(b(k)) / 128: 8-bit levels
+    ("pixelcnn", "image", {}, "8-bit pixels"), ("pixelcnn", "vector", {}, "continuous density"),
+    ("rbm", "image", {}, "binarised pixels"), ("rbm", "vector", {}, "continuous density"),
+    ("dbn", "image", {}, "binarised pixels"), ("gan", "image", {}, None)])
+def test_each_family_says_what_its_bits_per_dim_are_bits_of(family, kind, model_overrides, unit):
+    from genlab.config import load_config
+    from genlab.models import build_model
+    from genlab.models.base import DataInfo
+
+    config = C.default_config_dir() / f"{'digits' if kind == 'image' else '8gaussians'}-{family}.yaml"
+    cfg = load_config(config, [f"model.{k}={v}" for k, v in model_overrides.items()])
+    info = DataInfo((1, 8, 8), "image", 10, 0.5) if kind == "image" else DataInfo((2,), "vector", 8, 1.0)
+    assert build_model(family, cfg.model, info, cfg.optim).likelihood_unit == unit
 
 
 def test_welch_p_from_summaries_equals_the_test_on_the_raw_values():

@@ -133,6 +133,42 @@ def test_max_time_stops_early_with_checkpoint_and_grid(tmp_path, caplog):
     assert any("--resume" in r.getMessage() for r in caplog.records)
 
 
+def test_lr_schedule_follows_the_time_budget():
+    """Closed forms of models.base.lr_multiplier: steps alone, then a clock that is further along."""
+    import math
+
+    from genlab.models.base import WARMUP_TIME_SHARE, lr_multiplier
+
+    by_steps = lr_multiplier(10, "cosine", 110)
+    assert [by_steps(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert by_steps(60) == pytest.approx(0.5) and by_steps(110) == pytest.approx(0.0, abs=1e-12)
+    spent = [0.0]
+    by_time = lr_multiplier(10, "cosine", 10**8, lambda: spent[0])  # compare's "unlimited" steps
+    assert by_time(60) == pytest.approx(1.0)  # no time spent: steps alone (10**8 of them) barely decay
+    spent[0] = 0.5
+    assert by_time(60) == pytest.approx(0.5)  # half the budget: the cosine's midpoint
+    spent[0] = 1 / 3
+    assert by_time(60) == pytest.approx(0.5 * (1 + math.cos(math.pi / 3)))
+    spent[0] = WARMUP_TIME_SHARE / 2  # the warm-up ends at WARMUP_TIME_SHARE of the budget, if not sooner by steps
+    assert by_time(0) == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * spent[0])))
+    spent[0] = WARMUP_TIME_SHARE
+    assert by_time(0) == pytest.approx(0.5 * (1 + math.cos(math.pi * spent[0])))
+    assert by_steps(0) == 0.1
+    assert lr_multiplier(10, "constant", 110, lambda: 0.9)(50) == 1.0  # a constant rate stays constant
+
+
+def test_a_time_budget_ends_the_cosine_schedule(tmp_path):
+    """With unlimited steps (as under `genlab compare --budget`), the rate still decays to ~0 by the deadline."""
+    out = tmp_path / "run"
+    cfg = tiny_config(GAUSS_CONFIG, "optim.lr_schedule=cosine", "optim.warmup_steps=5", "trainer.max_steps=100000000",
+                      "trainer.max_time=2")
+    train(cfg, out)
+    state = load_checkpoint(latest(out))
+    assert 10 < state["global_step"] < 100000000
+    final = state["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert final < 0.01 * cfg.optim.lr, f"rate {final} at the deadline (base {cfg.optim.lr})"
+
+
 def _wait_for_checkpoint(run: Path, proc: subprocess.Popen, timeout: float) -> None:
     """Poll until the run has a checkpoint (training is under way) or fail with the process output."""
     deadline = time.monotonic() + timeout
@@ -175,7 +211,9 @@ def test_keep_last_prunes_to_the_newest(tmp_path):
 
 def test_ddp_spawn_on_cpu_trains_and_checkpoints(tmp_path):
     out = tmp_path / "run"
+    # A time budget (never reached) with a cosine rate: every rank takes rank 0's clock (a broadcast).
     proc = genlab_cmd("train", str(GAUSS_CONFIG), *TINY, "trainer.max_steps=2", "trainer.devices=2",
+                      "trainer.max_time=600", "optim.lr_schedule=cosine",
                       "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "--out", str(out),
                       timeout=300, check_rc=0)
     assert "Traceback" not in proc.stderr

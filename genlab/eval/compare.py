@@ -142,6 +142,7 @@ class RunResult:
     mode_counts: list | None = None  # high-quality samples per mode (2-D toys)
     n_scored: int = 0  # samples drawn and scored (the denominator of the histograms)
     likelihood: str | None = None  # what the family's log_likelihood measures
+    likelihood_unit: str | None = None  # what its bits/dim are bits of (models.base.BPD_UNITS)
     train_key: str = ""
     eval_key: str = ""
 
@@ -265,8 +266,9 @@ def plan_runs(s: CompareSettings) -> list[RunPlan]:
 def budget_overrides(s: CompareSettings, batch_size: int) -> list[str]:
     """Overrides that give a run the budget, with CURVE_POINTS evaluations spread over it.
 
-    Under a time budget `trainer.max_steps` is lifted (so a cosine learning-rate schedule
-    stays near its start: use --budget-images for schedules tied to the run length).
+    Under a time budget `trainer.max_steps` is lifted and the learning-rate schedule follows the
+    clock instead (models.base.lr_multiplier: a cosine decays to 0 at the deadline, and a warm-up
+    ends by 5% of the budget), so each family's schedule fits the budget it is given.
     """
     out = []
     if s.budget_images is not None:
@@ -405,7 +407,7 @@ def run_one(plan: RunPlan, s: CompareSettings, say: Callable[[str], None]) -> Ru
         record = training_record(plan.folder, plan.batch_size)
     except Exception as err:  # noqa: BLE001 - a family whose sampling crashes is reported, the others go on
         scores, record = {"status": "failed", "error": f"{type(err).__name__}: {err}"}, {}
-    for key in ("status", "error", "floor", "class_counts", "mode_counts", "n_scored", "likelihood"):
+    for key in ("status", "error", "floor", "class_counts", "mode_counts", "n_scored", "likelihood", "likelihood_unit"):
         if key in scores:
             setattr(result, key, scores[key])
     result.metrics = {**scores.get("metrics", {}), **record}

@@ -5,7 +5,9 @@ Everything after it is a pure function of those rows, so the report's conclusion
 what the table says (tests perturb the numbers and check that the text follows):
 
 - `summarise`: mean, sample standard deviation (ddof = 1) and count over the seeds of each
-  family, from the finite values of runs that were scored.
+  family, from the finite values of runs that were scored. Bits/dim are ranked only between
+  families whose bits are of the same unit (8-bit pixels, binarised pixels, continuous density:
+  the `unit` column): one "metric" per unit.
 - `welch_p`: Welch's unequal-variance t-test (Welch 1947) of the first two families of a
   ranking. Their gap is called *within noise* when p >= ALPHA, or when either family has a
   single seed (no spread to compare the gap with).
@@ -28,7 +30,7 @@ LIKELIHOOD = "nll_bpd"
 UNRANKED = frozenset({"kid_std", "nfe", *TRAINING_METRICS})  # spreads, settings and budgets, not scores
 HIGHER = HIGHER_IS_BETTER | {"samples_per_s"}
 PRIMARY_METRIC = {"image": "fd", "vector": "mmd2"}
-RESULT_COLUMNS = ("family", "seed", "metric", "value", "floor", "better", "status", "diverged", "error")
+RESULT_COLUMNS = ("family", "seed", "metric", "unit", "value", "floor", "better", "status", "diverged", "error")
 
 LABELS = {"fd": "FD", "kid": "KID", "kid_std": "KID std", "mmd2": "MMD^2", "sw": "sliced Wasserstein",
           "nll_bpd": "bits/dim", "samples_per_s": "samples/s", "nfe": "network evaluations per sample",
@@ -37,13 +39,27 @@ LABELS = {"fd": "FD", "kid": "KID", "kid_std": "KID std", "mmd2": "MMD^2", "sw":
           "train_seconds": "training seconds"}
 
 
+def ranked_name(metric: str, unit: str | None) -> str:
+    """The name under which a value is ranked: the metric, with its unit when it has one
+    ("nll_bpd [binarised pixels]"), so that values of different units are never ranked together."""
+    return f"{metric} [{unit}]" if unit else metric
+
+
+def _base(metric: str) -> tuple[str, str | None]:
+    """(metric, unit) of a ranked name."""
+    name, _, unit = metric.partition(" [")
+    return name, (unit[:-1] if unit else None)
+
+
 def label(metric: str) -> str:
-    """How the report names a metric."""
-    return LABELS.get(metric, metric)
+    """How the report names a metric ("bits/dim of binarised pixels" for a ranked name with a unit)."""
+    name, unit = _base(metric)
+    return LABELS.get(name, name) + (f" of {unit}" if unit else "")
 
 
 def direction(metric: str) -> str:
     """"higher" or "lower" (is better), or "" for metrics that are not scores."""
+    metric = _base(metric)[0]
     if metric in UNRANKED:
         return ""
     return "higher" if metric in HIGHER else "lower"
@@ -73,6 +89,7 @@ def results_rows(results, kind: str) -> list[dict]:
         for metric in names:
             value = r.metrics.get(metric)
             rows.append({"family": r.family, "seed": r.seed, "metric": metric,
+                         "unit": (r.likelihood_unit or "") if metric == LIKELIHOOD else "",
                          "value": value if _finite(value) else None, "floor": floor.get(metric),
                          "better": direction(metric), "status": r.status, "diverged": int(r.diverged),
                          "error": r.error or r.diverged_reason or ""})
@@ -113,13 +130,18 @@ def fmt(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}g}"
 
 
-def summarise(rows: list[dict]) -> dict[str, dict[str, Summary]]:
-    """metric -> family -> Summary over the seeds, from the scored rows (status "ok") with a value."""
+def summarise(rows: list[dict], by_unit: bool = False) -> dict[str, dict[str, Summary]]:
+    """metric -> family -> Summary over the seeds, from the scored rows (status "ok") with a value.
+
+    With `by_unit`, a metric whose rows carry a unit is keyed by `ranked_name(metric, unit)`: one
+    table per unit, the tables that rankings may be drawn from.
+    """
     values: dict[str, dict[str, list[float]]] = {}
     for row in rows:
         x = _number(row.get("value"))
         if row.get("status") == "ok" and x is not None:
-            values.setdefault(row["metric"], {}).setdefault(row["family"], []).append(x)
+            key = ranked_name(row["metric"], row.get("unit")) if by_unit else row["metric"]
+            values.setdefault(key, {}).setdefault(row["family"], []).append(x)
     return {metric: {family: Summary(family, statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0,
                                      len(xs))
                      for family, xs in by_family.items()}
@@ -195,16 +217,17 @@ def _seeds(s: Summary) -> str:
 
 def conclusions(rows: list[dict]) -> list[str]:
     """The report's conclusions, every one computed from `rows` (results.csv's table)."""
-    table, floor = summarise(rows), floors(rows)
+    table, floor = summarise(rows, by_unit=True), floors(rows)
     runs = _runs(rows)
     lines = []
     firsts: dict[str, list[str]] = {}
     clear: dict[str, int] = {}
     ranked_metrics = [m for m in _metric_order(rows) if direction(m) and m in table]
+
     for metric in ranked_metrics:
         ranked = ranking(table[metric], metric)
-        if len(tied_leaders(ranked)) > 1:
-            continue  # a tie is nobody's first place
+        if len(ranked) < 2 or len(tied_leaders(ranked)) > 1:
+            continue  # a lone value or a tie is nobody's first place
         firsts.setdefault(ranked[0].family, []).append(label(metric))
         if len(ranked) > 1 and separation(ranked[0], ranked[1])[0]:
             clear[ranked[0].family] = clear.get(ranked[0].family, 0) + 1
@@ -215,11 +238,17 @@ def conclusions(rows: list[dict]) -> list[str]:
                      f"(Welch p < {ALPHA:g} against the runner-up): "
                      + (", ".join(f"{f} {k}" for f, k in sorted(clear.items(), key=lambda kv: -kv[1])) or "none")
                      + ".")
+    units = {m: _base(m)[1] for m in ranked_metrics if _base(m)[0] == LIKELIHOOD and _base(m)[1]}
+    if len(units) > 1:
+        lines.append("Bits/dim are ranked within each unit only (" + "; ".join(
+            f"{u}: {', '.join(sorted(table[m]))}" for m, u in units.items()) + "): a bit of a binarised pixel, of an "
+            "8-bit pixel and of a continuous density are different quantities.")
     lines += [metric_sentence(m, ranking(table[m], m), floor.get(m)) for m in ranked_metrics]
     lines += _stability(runs, table)
+    with_likelihood = {f for m in table if _base(m)[0] == LIKELIHOOD for f in table[m]}
     no_likelihood = sorted(f for f, rs in _by_family(runs).items()
-                           if any(r["status"] == "ok" for r in rs) and f not in table.get(LIKELIHOOD, {}))
-    if no_likelihood and table.get(LIKELIHOOD):
+                           if any(r["status"] == "ok" for r in rs) and f not in with_likelihood)
+    if no_likelihood and with_likelihood:
         lines.append(f"No likelihood (bits/dim left blank): {', '.join(no_likelihood)}.")
     return lines
 
@@ -227,7 +256,7 @@ def conclusions(rows: list[dict]) -> list[str]:
 def _metric_order(rows: list[dict]) -> list[str]:
     seen: dict[str, None] = {}
     for row in rows:
-        seen.setdefault(row["metric"], None)
+        seen.setdefault(ranked_name(row["metric"], row.get("unit")), None)
     return list(seen)
 
 

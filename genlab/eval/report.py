@@ -150,8 +150,9 @@ def report_blocks(inputs: dict, kind: str, rows: list[dict], problems: list[str]
     blocks += [
         ("h2", "Likelihood"),
         ("p", "Held-out negative log-likelihood in bits per dimension, where the family defines one (blank where it "
-              "has none). Images: bits/dim of 8-bit pixels; 2-D points: continuous density (can be negative). "
-              "Bounds and estimates are not exact likelihoods: see each family's note."),
+              "has none), with what its bits are bits of: 8-bit pixels, binarised pixels (RBM and DBN on images: "
+              "not comparable with 8-bit bits/dim), or a continuous density (2-D points; can be negative). "
+              "The conclusions rank bits/dim only within one unit. Bounds and estimates are not exact likelihoods: see each family's note."),
         ("table", *_likelihood_table(results, families, table)),
         ("h2", "Runs"),
         ("table", *_runs_table(results)),
@@ -228,10 +229,11 @@ def _steps_table(curves: dict, primary: str) -> tuple[list, list]:
 
 
 def _likelihood_table(results, families, table) -> tuple[list, list]:
-    header = ["family", "bits/dim (mean ± std)", "what it measures"]
+    header = ["family", "bits/dim (mean ± std)", "bits of", "what it measures"]
     notes = {r.family: r.likelihood for r in results if r.likelihood}
+    units = {r.family: r.likelihood_unit for r in results if r.likelihood_unit}
     by_family = table.get(LIKELIHOOD, {})
-    return header, [[f, by_family[f].text() if f in by_family else "",
+    return header, [[f, by_family[f].text() if f in by_family else "", units.get(f, "") if f in by_family else "",
                      notes.get(f) or ("" if f in by_family else "no likelihood")] for f in families]
 
 

@@ -68,7 +68,7 @@ def score_run(folder: Path, n: int, nll_n: int, seed: int) -> dict:
     eval`), `genlab eval`'s metrics, bits/dim of nll_n held-out examples, the class or mode histogram.
 
     Returns:
-        {"status", "error", "metrics", "floor", "class_counts", "mode_counts", "likelihood"}.
+        {"status", "error", "metrics", "floor", "class_counts", "mode_counts", "likelihood", "likelihood_unit"}.
     """
     import torch
 
@@ -87,7 +87,7 @@ def score_run(folder: Path, n: int, nll_n: int, seed: int) -> dict:
     out = {"status": "ok", "error": None, "metrics": {"samples_per_s": per_second,
                                                       "nfe": float(model.network_evaluations())},
            "floor": {}, "class_counts": None, "mode_counts": None, "n_scored": n,
-           "likelihood": getattr(model, "LIKELIHOOD", None)}
+           "likelihood": getattr(model, "LIKELIHOOD", None), "likelihood_unit": model.likelihood_unit}
     if not bool(torch.isfinite(samples).all()):
         return {**out, "status": "diverged", "error": "the samples hold NaN or inf"}
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning.pytorch as pl
@@ -57,6 +58,12 @@ class GenerativeModule(pl.LightningModule):
     #: `genlab sample`/`eval` refuse the others with a clear error (see `check_sample_options`)
     SAMPLE_OPTIONS: tuple[str, ...] = ()
     FAMILY: str = "?"  # the `family:` name, for messages
+    #: what one bit/dim of `log_likelihood` is a bit of (one of BPD_UNITS; None without a likelihood):
+    #: `genlab compare` ranks bits/dim only between families of the same unit
+    likelihood_unit: str | None = None
+    #: the fraction of the time budget (`trainer.max_time`) spent, set after every step by the trainer
+    #: (rank 0's clock under DDP); None without a time budget. The learning-rate schedule follows it.
+    time_spent: float | None = None
 
     def __init__(self, net: nn.Module, info: DataInfo, optim) -> None:
         super().__init__()
@@ -73,9 +80,13 @@ class GenerativeModule(pl.LightningModule):
         """AdamW with linear warm-up, then constant or cosine decay (one set-up for every family)."""
         o = self.optim
         opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        max_steps = max(1, self.trainer.max_steps) if self._trainer is not None else 1
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=lr_multiplier(o.warmup_steps, o.lr_schedule, max_steps))
+        factor = lr_multiplier(o.warmup_steps, o.lr_schedule, self.max_steps(), lambda: self.time_spent)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def max_steps(self) -> int:
+        """The trainer's step budget (1 outside a trainer)."""
+        return max(1, self.trainer.max_steps) if self._trainer is not None else 1
 
     def on_train_start(self) -> None:
         self.ema_net.eval()
@@ -112,6 +123,13 @@ def all_finite(tensors) -> bool:
     return bool(torch.stack([f.to(flags[0].device) for f in flags]).all()) if flags else True
 
 
+#: the units of bits/dim: 8-bit pixel levels (discrete, or dequantised), binarised pixels (a Bernoulli
+#: variable per pixel: far fewer bits than 8-bit levels, not comparable with them), or the continuous
+#: density of vectors or of pixel values (can be negative)
+BPD_8BIT, BPD_BINARY, BPD_CONTINUOUS = "8-bit pixels", "binarised pixels", "continuous density"
+BPD_UNITS = (BPD_8BIT, BPD_BINARY, BPD_CONTINUOUS)
+
+
 #: the command-line flag of each sampling option (for error messages)
 SAMPLE_FLAGS = {"sampler": "--sampler", "steps": "--steps", "label": "--class", "guidance": "--guidance",
                 "temperature": "--temperature"}
@@ -128,15 +146,33 @@ def eval_mode(net: nn.Module):
         net.train(was_training)
 
 
-def lr_multiplier(warmup_steps: int, schedule: str, max_steps: int):
-    """Learning-rate factor at step t: linear warm-up to 1, then constant or half-cosine to 0."""
+#: under a time budget the warm-up ends after `warmup_steps` or this share of the budget, whichever
+#: comes first (so that a short budget is not spent warming up)
+WARMUP_TIME_SHARE = 0.05
+
+
+def lr_multiplier(warmup_steps: int, schedule: str, max_steps: int,
+                  time_spent: Callable[[], float | None] = lambda: None):
+    """Learning-rate factor at step t: linear warm-up to 1, then constant or half-cosine to 0.
+
+    The budget is `max_steps` steps, or a training time when `time_spent()` returns the fraction of
+    it spent so far (None without one): whichever ends first sets the cosine's progress, so that a
+    run stopped by the clock still ends at a decayed rate. Steps alone make the factor a function
+    of the step (exact resume); the clock makes it depend on the machine's speed.
+    """
 
     def factor(step: int) -> float:
+        spent = time_spent()
+        warm = 1.0
         if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "cosine":
-            progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-            return 0.5 * (1 + math.cos(math.pi * progress))
-        return 1.0
+            warm = (step + 1) / warmup_steps
+            if spent is not None:
+                warm = min(1.0, max(warm, spent / WARMUP_TIME_SHARE))
+        if schedule != "cosine":
+            return warm
+        progress = max(0.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
+        if spent is not None:
+            progress = max(progress, spent)
+        return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor

@@ -23,7 +23,7 @@ from genlab.diffusion.schedules import (
 from genlab.diffusion.likelihood import ddpm_vlb_bits_per_dim, pf_ode_bits_per_dim
 from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError, unknown_name_error
-from genlab.models.base import DataInfo, GenerativeModule, eval_mode
+from genlab.models.base import BPD_8BIT, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode
 from genlab.models.specs import DiffusionSpec
 from genlab.nn import MLPDenoiser, UNet
 
@@ -74,6 +74,7 @@ class DiffusionModel(GenerativeModule):
         super().__init__(build_network(spec, info), info, optim)
         self.spec = spec
         self.precond = build_precond(spec, info)
+        self.likelihood_unit = BPD_8BIT if info.kind == "image" else BPD_CONTINUOUS
         self.num_classes = _num_classes(spec, info)
         self.loss_fn = partial(pseudo_huber_loss, c=spec.huber_c) if spec.loss == "pseudo-huber" else LOSSES[spec.loss]
         weight = WEIGHTINGS[spec.weighting]

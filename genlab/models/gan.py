@@ -137,7 +137,6 @@ class GANModel(GenerativeModule):
     def configure_optimizers(self):
         """Adam for G (optim.lr) and D (model.d_lr or optim.lr), each with the shared warm-up/decay schedule."""
         o = self.optim
-        max_steps = max(1, self.trainer.max_steps) if self._trainer is not None else 1
 
         def adam(params, lr: float, name: str) -> torch.optim.Optimizer:
             # The group's name tells on_before_optimizer_step which network's gradients it sees.
@@ -145,7 +144,7 @@ class GANModel(GenerativeModule):
                                      weight_decay=o.weight_decay)
 
         opts = [adam(self.net.parameters(), o.lr, "g"), adam(self.disc.parameters(), self.spec.d_lr or o.lr, "d")]
-        factor = lr_multiplier(o.warmup_steps, o.lr_schedule, max_steps)
+        factor = lr_multiplier(o.warmup_steps, o.lr_schedule, self.max_steps(), lambda: self.time_spent)
         scheds = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"} for opt in opts]
         return opts, scheds
 

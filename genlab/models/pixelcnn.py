@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from genlab.errors import ConfigError
-from genlab.models.base import DataInfo, GenerativeModule, eval_mode
+from genlab.models.base import BPD_8BIT, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode
 from genlab.models.specs import PixelCNNSpec
 from genlab.nn.distributions import OUTPUTS, OutputDistribution
 from genlab.nn.likelihoods import quantize
@@ -89,6 +89,7 @@ class PixelCNNModel(GenerativeModule):
         if self.num_classes is not None:
             self.SAMPLE_OPTIONS = ("temperature", "label")
         self.image = info.kind == "image"
+        self.likelihood_unit = BPD_8BIT if self.image else BPD_CONTINUOUS
         self.dim = math.prod(info.shape)  # D of bits/dim
         # Vectors enter MADE as z = x / std; images as their quantised levels in [-1, 1].
         self.scale = 1.0 if self.image else info.std

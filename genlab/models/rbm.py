@@ -37,7 +37,7 @@ from genlab.boltzmann.ais import ais_betas, ais_log_partition, dbn_log_likelihoo
 from genlab.boltzmann.gibbs import contrastive_divergence_loss, gibbs_sweeps, random_visible, sample_hidden
 from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError
-from genlab.models.base import DataInfo, GenerativeModule, eval_mode, lr_multiplier
+from genlab.models.base import BPD_BINARY, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode, lr_multiplier
 from genlab.models.specs.rbm import BoltzmannSpec, DBNSpec, RBMSpec
 from genlab.nn.rbm import RBM, BernoulliRBM, DeepBeliefNet, GaussianBernoulliRBM
 
@@ -80,6 +80,7 @@ class RBMModel(GenerativeModule):
         self.spec = spec
         self.units = visible_units(spec, info)
         self.scale = info.std if self.units == "gaussian" else 1.0  # v = x / scale
+        self.likelihood_unit = BPD_CONTINUOUS if self.units == "gaussian" else BPD_BINARY
         if spec.persistent:  # one chain per row of the global batch (micro-batches and ranks keep their rows)
             for layer, rbm in enumerate(self.stack(self.net)):
                 self.register_buffer(f"chains_{layer}", torch.zeros(optim.batch_size, rbm.visible))
@@ -252,13 +253,20 @@ class DBNModel(RBMModel):
         model ends with spurious modes that Gibbs chains from noise fall into)."""
         config = super().configure_optimizers()
         o, last = self.optim, len(self.spec.layers) - 1
-        max_steps = max(1, self.trainer.max_steps) if self._trainer is not None else 1
+        max_steps, top_began = self.max_steps(), []  # the time-budget share spent when the top layer began
+
+        def top_time_spent() -> float | None:  # the top layer's share of what was left of a time budget
+            if self.time_spent is None:
+                return None
+            top_began[:] = top_began or [self.time_spent]
+            return (self.time_spent - top_began[0]) / max(1e-9, 1.0 - top_began[0])
 
         def factor(step: int) -> float:
             layer = self.layer_at(step)
             start = layer * self.spec.steps_per_layer
-            stop = max_steps if layer == last else start + self.spec.steps_per_layer
-            return lr_multiplier(o.warmup_steps, o.lr_schedule, stop - start)(step - start)
+            if layer != last:  # the lower layers train for a fixed number of steps
+                return lr_multiplier(o.warmup_steps, o.lr_schedule, self.spec.steps_per_layer)(step - start)
+            return lr_multiplier(o.warmup_steps, o.lr_schedule, max_steps - start, top_time_spent)(step - start)
 
         config["lr_scheduler"]["scheduler"] = torch.optim.lr_scheduler.LambdaLR(config["optimizer"], factor)
         return config

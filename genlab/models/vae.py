@@ -39,7 +39,7 @@ from torch import Tensor
 
 from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError
-from genlab.models.base import DataInfo, GenerativeModule, eval_mode
+from genlab.models.base import BPD_8BIT, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode
 from genlab.models.specs import VAESpec
 from genlab.nn.likelihoods import (bernoulli_log_prob, binarize, discretized_logistic_log_prob, normal_log_prob,
                                    quantize)
@@ -92,6 +92,8 @@ LIKELIHOODS: dict[str, DecoderLikelihood] = {
     "gaussian": DecoderLikelihood(2, lambda x: x, _gaussian_log_prob, _location, 0.0, "vector"),
 }
 AUTO_LIKELIHOOD = {"image": "logistic", "vector": "gaussian"}
+# bits/dim units: the Bernoulli decoder scores 8-bit levels too (P(k) = P(b(k)) / 128, see above)
+UNITS = {"logistic": BPD_8BIT, "bernoulli": BPD_8BIT, "gaussian": BPD_CONTINUOUS}
 
 
 def resolve_likelihood(name: str, info: DataInfo) -> str:
@@ -156,6 +158,7 @@ class VAEModel(GenerativeModule):
                             hidden=spec.hidden, depth=spec.depth)
         super().__init__(net, info, optim)
         self.spec, self.likelihood, self.lik = spec, likelihood, lik
+        self.likelihood_unit = UNITS[likelihood]
         self.latent_dim = spec.latent_dim
         self.dim = math.prod(info.shape)  # D, dimensions of one example
 
