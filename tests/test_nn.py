@@ -1,5 +1,6 @@
 """Tests of genlab.nn: shapes, zero-init, conditioning, per-example independence, bf16,
-channels_last, gradient flow, embeddings' closed forms and the typed errors."""
+channels_last, gradient flow, embeddings' closed forms and the typed errors; the same
+invariants for the U-Net, the DiT and the MLP denoiser."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from genlab.nn import (
     ARCHITECTURES,
     NOISE_EMBEDDINGS,
     ConditionEmbedding,
+    DiT,
     FourierEmbedding,
     MLPDenoiser,
     PositionalEmbedding,
@@ -21,6 +23,7 @@ from genlab.nn import (
     UNet,
     num_parameters,
 )
+from genlab.nn.dit import DiTBlock, patchify, sincos_position_embedding, unpatchify
 from genlab.nn.unet import UNetBlock, group_norm
 
 NUM_CLASSES = 3
@@ -32,6 +35,14 @@ def small_unet(**kw) -> UNet:
                attention_resolutions=(4,), num_heads=2, num_classes=NUM_CLASSES)
     cfg.update(kw)
     return UNet(**cfg)
+
+
+def small_dit(**kw) -> DiT:
+    """A small class-conditional DiT (patches of 2: 16 tokens at 8x8)."""
+    cfg = dict(in_channels=2, out_channels=2, resolution=8, patch_size=2, hidden=32, depth=2, num_heads=2,
+               mlp_ratio=2.0, num_classes=NUM_CLASSES)
+    cfg.update(kw)
+    return DiT(**cfg)
 
 
 def small_mlp(**kw) -> MLPDenoiser:
@@ -53,14 +64,14 @@ def perturb(model: nn.Module, std: float = 0.1, seed: int = 0) -> nn.Module:
 def inputs(model: nn.Module, batch: int, size: tuple[int, int] = (8, 8), seed: int = 1):
     """Random (x, c_noise, cond) for ``model``; cond mixes real labels and the null label."""
     g = torch.Generator().manual_seed(seed)
-    shape = (batch, model.in_channels, *size) if isinstance(model, UNet) else (batch, model.dim)
+    shape = (batch, model.in_channels, *size) if isinstance(model, (UNet, DiT)) else (batch, model.dim)
     x = torch.randn(shape, generator=g)
     c_noise = torch.randn(batch, generator=g)
     cond = torch.arange(batch) % (NUM_CLASSES + 1)  # includes the null label NUM_CLASSES
     return x, c_noise, cond
 
 
-MODELS = {"unet": small_unet, "mlp": small_mlp}
+MODELS = {"unet": small_unet, "dit": small_dit, "mlp": small_mlp}
 
 
 # ----------------------------------------------------------------------------- shapes, init
@@ -95,6 +106,54 @@ def test_untrained_output_is_exactly_zero(name):
     model = MODELS[name]()
     x, c, cond = inputs(model, 4)
     assert torch.count_nonzero(model(x, c, cond)) == 0
+
+
+def test_adaln_zero_makes_every_dit_block_the_identity():
+    model = small_dit()
+    c = torch.randn(2, 32)
+    for block in [m for m in model.modules() if isinstance(m, DiTBlock)]:
+        x = torch.randn(2, 16, 32)
+        assert torch.equal(block(x, c), x)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (2, 2), (6, 10)])
+def test_dit_runs_at_any_multiple_of_its_patch_size(size):
+    model = perturb(small_dit())
+    x, c, cond = inputs(model, 2, size)
+    assert model(x, c, cond).shape == x.shape
+    with pytest.raises(ResolutionError, match="patch_size=2"):
+        model(torch.zeros(1, 2, 7, 8), torch.zeros(1))
+
+
+def test_patchify_puts_each_patch_in_one_token_and_unpatchify_inverts_it():
+    x = torch.randn(2, 3, 4, 6)
+    tokens = patchify(x, 2)  # 2 x 3 patches
+    assert tokens.shape == (2, 6, 12)
+    for n in range(6):
+        i, j = divmod(n, 3)  # row-major
+        patch = x[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2]  # (B, C, p, p)
+        assert torch.equal(tokens[:, n], patch.permute(0, 2, 3, 1).reshape(2, 12))
+    assert torch.equal(unpatchify(tokens, 2, 3, 4, 6), x)
+    # the network's stride-p convolution sees exactly these patches: it is a linear map of each token
+    model = perturb(small_dit(in_channels=3, out_channels=3))
+    conv = model.patch(x).flatten(2).transpose(1, 2)
+    weight = model.patch.weight.permute(0, 2, 3, 1).reshape(32, 12)
+    torch.testing.assert_close(conv, tokens @ weight.T + model.patch.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_sincos_position_embedding_closed_form():
+    dim, rows, cols = 8, 3, 4
+    pe = sincos_position_embedding(dim, rows, cols)
+    assert pe.shape == (12, 8)
+    omega = [1.0, 1.0 / 10000 ** 0.5]  # 10000^(-k / (dim / 4)), k = 0, 1
+    for n in range(rows * cols):
+        r, c = divmod(n, cols)
+        expected = [math.sin(r * w) for w in omega] + [math.cos(r * w) for w in omega]
+        expected += [math.sin(c * w) for w in omega] + [math.cos(c * w) for w in omega]
+        torch.testing.assert_close(pe[n], torch.tensor(expected), rtol=1e-6, atol=1e-6)
+    assert len({tuple(v) for v in pe.tolist()}) == rows * cols  # every position its own vector
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        sincos_position_embedding(6, 2, 2)
 
 
 def test_zero_init_residual_branches_make_every_unet_block_the_identity():
@@ -278,7 +337,7 @@ def test_group_norm_groups_divide_the_width(channels):
 
 
 def test_registry_and_parameter_count_closed_form():
-    assert ARCHITECTURES == {"unet": UNet, "mlp": MLPDenoiser}
+    assert ARCHITECTURES == {"unet": UNet, "dit": DiT, "mlp": MLPDenoiser}
     D, H, E, K, depth = 3, 32, 16, NUM_CLASSES, 2
     linear = lambda i, o: i * o + o  # noqa: E731
     expected = (
@@ -288,6 +347,14 @@ def test_registry_and_parameter_count_closed_form():
         + 2 * H + linear(H, D)  # output LayerNorm and projection
     )
     assert num_parameters(small_mlp()) == expected
+    C, p, H, K, depth, inner = 2, 2, 32, NUM_CLASSES, 2, 64  # small_dit
+    expected_dit = (
+        C * p * p * H + H  # patch embedding
+        + linear(H, H) * 2 + (K + 1) * H  # mapping network + label table (null row included)
+        + depth * (linear(H, 3 * H) + linear(H, H) + linear(H, inner) + linear(inner, H) + linear(H, 6 * H))
+        + linear(H, 2 * H) + linear(H, p * p * C)  # final adaLN and projection
+    )
+    assert num_parameters(small_dit()) == expected_dit
     model = nn.Linear(4, 5)
     model.bias.requires_grad_(False)
     assert num_parameters(model) == 25 and num_parameters(model, trainable_only=True) == 20

@@ -25,21 +25,24 @@ from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError, unknown_name_error
 from genlab.models.base import BPD_8BIT, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode
 from genlab.models.specs import DiffusionSpec
-from genlab.nn import MLPDenoiser, UNet
+from genlab.nn import DiT, MLPDenoiser, UNet
 
 
 def build_network(spec: DiffusionSpec, info: DataInfo) -> nn.Module:
     """The denoising network F(x, c_noise, cond) for data described by `info`."""
     num_classes = _num_classes(spec, info)
-    if spec.net == "unet":
+    if spec.net in ("unet", "dit"):
         if info.kind != "image":
-            raise ConfigError(f"model.net=unet needs image data, but the data are {info.shape} vectors; use model.net=mlp")
+            raise ConfigError(f"model.net={spec.net} needs image data, but the data are {info.shape} vectors; "
+                              f"use model.net=mlp")
         c, h, w = info.shape
         if h != w:
-            raise ConfigError(f"model.net=unet needs square images, got {h}x{w}; set data.resolution")
-        return UNet(in_channels=c, out_channels=c, resolution=h, num_classes=num_classes, **spec.unet.model_dump())
+            raise ConfigError(f"model.net={spec.net} needs square images, got {h}x{w}; set data.resolution")
+        net_class, net_spec = (UNet, spec.unet) if spec.net == "unet" else (DiT, spec.dit)
+        return net_class(in_channels=c, out_channels=c, resolution=h, num_classes=num_classes, **net_spec.model_dump())
     if info.kind != "vector":
-        raise ConfigError(f"model.net=mlp needs vector data, but the data are {info.shape} images; use model.net=unet")
+        raise ConfigError(f"model.net=mlp needs vector data, but the data are {info.shape} images; use model.net=unet "
+                          f"or model.net=dit")
     return MLPDenoiser(dim=info.shape[0], num_classes=num_classes, **spec.mlp.model_dump())
 
 

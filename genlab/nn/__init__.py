@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from genlab.nn.dit import DiT
 from genlab.nn.embeddings import NOISE_EMBEDDINGS, ConditionEmbedding, FourierEmbedding, PositionalEmbedding
 from genlab.nn.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 from genlab.nn.mlp import MLPDenoiser
@@ -27,6 +28,7 @@ __all__ = [
     "DCGANDiscriminator",
     "DCGANGenerator",
     "DeepBeliefNet",
+    "DiT",
     "FourierEmbedding",
     "GatedPixelCNN",
     "GaussianBernoulliRBM",
@@ -47,6 +49,7 @@ __all__ = [
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {
     "unet": UNet,
+    "dit": DiT,
     "mlp": MLPDenoiser,
 }
 

@@ -1,10 +1,10 @@
-"""The `model:` section of the diffusion family and its networks' sections (U-Net, MLP)."""
+"""The `model:` section of the diffusion family and its networks' sections (U-Net, DiT, MLP)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from genlab.models.specs.base import Spec
 
@@ -20,6 +20,17 @@ class UNetSpec(Spec):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+class DiTSpec(Spec):
+    """Arguments of genlab.nn.DiT (resolution, channels and classes come from the data)."""
+
+    patch_size: int = Field(2, ge=1, le=64, description="p x p pixels per token")
+    hidden: int = Field(128, ge=8, le=4096, description="token width (a multiple of 4 and of num_heads)")
+    depth: int = Field(6, ge=1, le=64, description="transformer blocks")
+    num_heads: int = Field(4, ge=1, le=64)
+    mlp_ratio: float = Field(4.0, gt=0.0, le=16.0, description="MLP width over the token width")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
 class MLPSpec(Spec):
     """Arguments of genlab.nn.MLPDenoiser (for 2-D and tabular vectors)."""
 
@@ -32,8 +43,10 @@ class MLPSpec(Spec):
 class DiffusionSpec(Spec):
     """The diffusion family: network, parameterisation, training noise levels, loss, default sampler."""
 
-    net: Literal["unet", "mlp"] = Field("unet", description="denoising network (unet for images, mlp for vectors)")
+    net: Literal["unet", "dit", "mlp"] = Field("unet", description="denoising network (unet or dit for images, mlp "
+                                                                    "for vectors)")
     unet: UNetSpec = Field(default_factory=UNetSpec)
+    dit: DiTSpec = Field(default_factory=DiTSpec)
     mlp: MLPSpec = Field(default_factory=MLPSpec)
     precond: Literal["edm", "vp"] = Field("edm", description="edm (Karras et al. 2022) or vp (DDPM with a prediction target)")
     prediction: Literal["eps", "x0", "v"] = Field("eps", description="vp only: what the network predicts")
@@ -59,4 +72,12 @@ class DiffusionSpec(Spec):
     x0: Literal["none", "clip", "dynamic"] = Field(
         "clip", description="sampling: clip / dynamically threshold the predicted x0 to the data range (images only)"
     )
+
+    @field_validator("sigma_data")
+    @classmethod
+    def _positive_sigma_data(cls, value):
+        if value != "auto" and not (0.0 < value < float("inf")):
+            raise ValueError(f"must be a positive standard deviation or auto, got {value}; use auto (measured on the "
+                             f"training data)")
+        return value
 
