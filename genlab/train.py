@@ -173,6 +173,12 @@ class PeriodicEval(Callback):
             self.next_due = (self.clock.elapsed() // seconds + 1) * seconds
         return (every is not None and step % every == 0) or by_time
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and trainer.global_step > 0:  # resumed: its later rows will be written again
+            from genlab.eval.evaluate import drop_training_rows_after
+
+            drop_training_rows_after(self.run_dir, trainer.global_step)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if not _is_step_end(trainer, batch_idx) or not self.due(trainer, step) or step == self.last:
@@ -291,9 +297,11 @@ class StepProgress(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.bar is not None and _is_step_end(trainer, batch_idx):
             self.bar.update(trainer.global_step - self.bar.n)
-            loss = trainer.callback_metrics.get("train/loss")
-            if loss is not None and trainer.global_step % 10 == 0:
-                self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+            if trainer.global_step % 10 == 0:  # the family's headline losses (the GAN's: D and G)
+                shown = {key.removeprefix("train/"): f"{float(trainer.callback_metrics[key]):.4f}"
+                         for key in pl_module.PROGRESS_METRICS if key in trainer.callback_metrics}
+                if shown:
+                    self.bar.set_postfix(shown, refresh=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.bar is not None:

@@ -287,6 +287,20 @@ def test_each_family_says_what_its_bits_per_dim_are_bits_of(family, kind, model_
     assert build_model(family, cfg.model, info, cfg.optim).likelihood_unit == unit
 
 
+def test_a_run_covering_fewer_than_three_classes_or_modes_diverged():
+    from genlab.eval.scoring import divergence
+
+    def run(**kw):
+        return C.RunResult("x", 0, "f", "ok", n_scored=1000, **kw)
+
+    assert divergence(run(class_counts=[100] * 10), 0, True) is None
+    assert divergence(run(class_counts=[991, 3, 3, 3] + [0] * 6), 0, True) == "covers only 1 class"
+    # 25 modes, 3 of 1000 samples near each (7.5% high quality): far below a quarter of a mode's 40
+    assert divergence(run(mode_counts=[3] * 25), 0, True) == "covers only 0 modes"
+    assert divergence(run(mode_counts=[30] * 25), 0, True) is None
+    assert divergence(run(class_counts=[100] * 10), 2, True) == "NaN/inf training loss in 2 logged step(s)"
+
+
 def test_welch_p_from_summaries_equals_the_test_on_the_raw_values():
     from statistics import fmean, stdev
 

@@ -391,6 +391,25 @@ def test_trainer_evaluates_every_n_steps(tmp_path):
     assert all(float(r["mmd2"]) == float(r["mmd2"]) and r["floor_mmd2"] for r in rows)
 
 
+def test_resume_drops_the_evaluations_written_after_its_checkpoint(tmp_path):
+    """A run killed after its checkpoint at step 4 but after evaluating step 6: the resumed run's
+    eval.csv holds each step once (and keeps the rows of `genlab eval`)."""
+    import csv
+
+    from conftest import GAUSS_CONFIG, one_thread, train_tiny
+
+    with one_thread():
+        run = train_tiny(GAUSS_CONFIG, tmp_path / "run", "trainer.max_steps=4", "eval.every=2", "eval.n=64")
+        append_metrics_csv(run, {"step": 6, "train_seconds": 1.0, "mmd2": 9.0})  # the killed process's row
+        append_metrics_csv(run, {"step": 4, "mmd2": 0.5, "checkpoint": "step-4"})  # `genlab eval` of a checkpoint
+        train_tiny(GAUSS_CONFIG, run, "trainer.max_steps=8", "eval.every=2", "eval.n=64", resume=True)
+    rows = list(csv.DictReader(open(run / "eval.csv", newline="")))
+    training = [r["step"] for r in rows if r["train_seconds"]]
+    assert training == ["2", "4", "6", "8"]
+    assert float(next(r for r in rows if r["step"] == "6")["mmd2"]) != 9.0
+    assert [r["step"] for r in rows if not r["train_seconds"]] == ["4"]
+
+
 @pytest.mark.parametrize("case", ["no-samples-key", "wrong-shape", "out-of-range", "nan", "not-npz", "npy"])
 def test_cli_bad_npz_exits_2(digits, tmp_path, capsys, case):
     x = digits[1].x[:40].numpy()

@@ -211,6 +211,12 @@ def test_training_logs_losses_scores_and_gradient_norms(tmp_path):
     assert all(float(r["train/grad_norm_d"]) > 0 and float(r["train/r1"]) >= 0 for r in rows)
 
 
+def test_progress_bar_shows_the_discriminator_and_generator_losses(tmp_path, capsys):
+    gan_run(GAUSS_GAN, tmp_path / "run", *TINY_GAN, "trainer.max_steps=10", "trainer.progress=true")
+    bar = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()][-1]
+    assert "10/10" in bar and "d_loss=" in bar and "g_loss=" in bar, bar
+
+
 def test_resume_equals_uninterrupted_run(tmp_path):
     """Train 2 steps, resume to 4 == 4 in one go, bit for bit (weights, EMA, BN and spectral-norm buffers,
     both optimisers, both LR schedules)."""

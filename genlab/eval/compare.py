@@ -388,7 +388,7 @@ def run_one(plan: RunPlan, s: CompareSettings, say: Callable[[str], None]) -> Ru
     trained = cached is not None and cached.status in ("ok", "diverged") and cached.train_key == result.train_key
     if trained and cached.eval_key == result.eval_key:
         say("finished earlier: reused")
-        return cached
+        return judge(cached, plan.folder)  # the verdict's rule may have changed since
     if not trained:
         fresh_folder(plan.folder)
         say(f"training ({s.budget_text()})")
@@ -411,10 +411,16 @@ def run_one(plan: RunPlan, s: CompareSettings, say: Callable[[str], None]) -> Ru
         if key in scores:
             setattr(result, key, scores[key])
     result.metrics = {**scores.get("metrics", {}), **record}
-    reason = divergence(result, loss_nan_count(plan.folder), training_started(plan.folder))
-    result.diverged, result.diverged_reason = reason is not None, reason
+    judge(result, plan.folder)
     write_json(plan.folder / RESULT_JSON, result.to_dict())
     say(summary_line(result))
+    return result
+
+
+def judge(result: RunResult, folder: Path) -> RunResult:
+    """Set whether the scored run diverged (scoring.divergence: a pure function of its scores and folder)."""
+    reason = divergence(result, loss_nan_count(folder), training_started(folder))
+    result.diverged, result.diverged_reason = reason is not None, reason
     return result
 
 

@@ -288,7 +288,8 @@ def _stability(runs: list[dict], table: dict[str, dict[str, Summary]]) -> list[s
     diverged = {f: sum(r["diverged"] for r in rs) for f, rs in families.items()}
     if any(diverged.values()):
         parts = [f"{f} {k} of {len(families[f])}" for f, k in diverged.items() if k]
-        lines.append(f"Diverged runs (NaN loss, failure, or fewer than 3 classes/modes covered): {', '.join(parts)}; "
+        lines.append(f"Diverged runs (NaN loss, failure, or fewer than 3 classes/modes covered by at least a quarter "
+                     f"of their share of the samples): {', '.join(parts)}; "
                      f"none for {', '.join(f for f, k in diverged.items() if not k) or 'no family'}.")
     else:
         lines.append("No run diverged (no NaN loss, no failure, every run covers at least 3 classes/modes).")

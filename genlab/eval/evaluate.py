@@ -277,6 +277,34 @@ def _csv_text(columns: list[str], rows: list[dict], header: bool) -> str:
     return buf.getvalue()
 
 
+def drop_training_rows_after(run_dir: str | os.PathLike, step: int) -> int:
+    """Drop the rows of `<run>/eval.csv` that the trainer wrote (they have `train_seconds`) after `step`.
+
+    A resumed run restarts from its checkpoint at `step` and evaluates those steps again; rows
+    a killed process wrote past it would otherwise appear twice. Rows of `genlab eval` (no
+    `train_seconds`) are kept. The file is rewritten atomically. Returns the number dropped.
+    """
+    path = Path(run_dir) / EVAL_CSV
+    if not path.exists() or path.stat().st_size == 0:
+        return 0
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns, rows = list(reader.fieldnames or []), list(reader)
+
+    def later(row: dict) -> bool:
+        return bool(row.get("train_seconds")) and str(row.get("step", "")).isdigit() and int(row["step"]) > step
+
+    kept = [row for row in rows if not later(row)]
+    if len(kept) < len(rows):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(_csv_text(columns, kept, header=True), encoding="utf-8")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return len(rows) - len(kept)
+
+
 def _cell(value) -> object:
     """A CSV cell: floats at full precision, None as empty, everything else as is."""
     if value is None:

@@ -137,11 +137,12 @@ def sample_histograms(samples, train, test) -> tuple[list | None, list | None]:
     return [int(c) for c in logits.argmax(dim=1).bincount(minlength=logits.shape[1])], None
 
 
-def covered(counts: list | None, share: float = 0.0) -> int | None:
-    """How many classes (or modes) hold more than `share` of the samples."""
+def covered(counts: list | None, share: float = 0.0, total: int | None = None) -> int | None:
+    """How many classes (or modes) hold more than `share` of the samples (`total` of them; default the
+    sum of the counts, which for toy modes holds only the high-quality samples)."""
     if not counts:
         return None
-    total = sum(counts) or 1
+    total = total or sum(counts) or 1
     return sum(c / total > share for c in counts)
 
 
@@ -154,11 +155,13 @@ def divergence(result: RunResult, nan_rows: int, started: bool) -> str | None:
     if nan_rows:
         return f"NaN/inf training loss in {nan_rows} logged step(s)"
     counts = result.class_counts if result.class_counts is not None else result.mode_counts
-    # a class counts when it holds at least 1/(4K) of the samples: stray misclassifications do not
-    hit = covered(counts, 0.25 / len(counts)) if counts else None
+    # a class counts when it holds at least 1/(4K) of all the samples scored (a mode: of its
+    # high-quality samples near it), so neither stray misclassifications nor a few samples that
+    # land near a mode by chance cover it
+    hit = covered(counts, 0.25 / len(counts), result.n_scored or None) if counts else None
     if hit is not None and hit < MIN_CLASSES:
         what = ("class", "classes") if result.class_counts is not None else ("mode", "modes")
-        return f"collapsed to {hit} {what[hit != 1]}"
+        return f"covers only {hit} {what[hit != 1]}"
     return None
 
 

@@ -58,6 +58,7 @@ class GenerativeModule(pl.LightningModule):
     #: `genlab sample`/`eval` refuse the others with a clear error (see `check_sample_options`)
     SAMPLE_OPTIONS: tuple[str, ...] = ()
     FAMILY: str = "?"  # the `family:` name, for messages
+    PROGRESS_METRICS: tuple[str, ...] = ("train/loss",)  # what the progress bar shows
     #: what one bit/dim of `log_likelihood` is a bit of (one of BPD_UNITS; None without a likelihood):
     #: `genlab compare` ranks bits/dim only between families of the same unit
     likelihood_unit: str | None = None

@@ -121,6 +121,7 @@ class GANModel(GenerativeModule):
     """GAN: `net` is the generator (EMA-averaged and sampled from), `disc` the discriminator."""
 
     FAMILY = "gan"
+    PROGRESS_METRICS = ("train/d_loss", "train/g_loss")
     SAMPLE_OPTIONS = ("label",)
 
     def __init__(self, spec: GANSpec, info: DataInfo, optim) -> None:
