@@ -6,7 +6,8 @@ with FLOPs and the fraction of the matmul peak measured in the same run at the s
 
 Networks: genlab's U-Net with the architecture of configs/digits-diffusion.yaml (width 32, levels
 (1, 2, 2), one block per level) built for each resolution, self-attention kept at the second
-level (res/2, as 8 is for 16); and genlab's DiT when genlab.nn has one (skipped otherwise).
+level (res/2, as 8 is for 16), with contiguous and channels_last weights and inputs (--formats);
+and genlab's DiT (model.dit defaults: 2x2 patches, width 128, 6 blocks), contiguous.
 
 - train: one `DiffusionModel.training_step` (EDM noise levels and loss, as `genlab train` runs it),
   backward, AdamW step, zero_grad; bf16 is autocast around the forward pass (Lightning's
@@ -85,17 +86,20 @@ def available_archs() -> tuple[list[str], dict[str, str]]:
     return archs, skipped
 
 
-def measure(arch: str, resolution: int, batch: int, precision: str, device: torch.device, args) -> dict:
-    """Images/s, FLOPs and the fraction of peak of one (network, resolution, batch, precision)."""
+def measure(arch: str, resolution: int, batch: int, precision: str, device: torch.device, args,
+            memory_format: str = "contiguous") -> dict:
+    """Images/s, FLOPs and the fraction of peak of one (network, resolution, batch, precision, memory format)."""
     info = DataInfo((1, resolution, resolution), "image", None, DATA_STD)
     cfg = load_config(GENLAB_CONFIG)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = build_model("diffusion", network_spec(arch, resolution), info, cfg.optim).to(device)
+    fmt = torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.AdamW(model.net.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
                             weight_decay=cfg.optim.weight_decay)
     g = torch.Generator().manual_seed(0)
-    x0 = (torch.rand((batch, 1, resolution, resolution), generator=g) * 2 - 1).to(device)
+    x0 = (torch.rand((batch, 1, resolution, resolution), generator=g) * 2 - 1).to(device).contiguous(memory_format=fmt)
     batch_dict = {"x": x0, "y": torch.full((batch,), -1, dtype=torch.long, device=device), "seed": 0}
     autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")  # noqa: E731
 
@@ -112,7 +116,8 @@ def measure(arch: str, resolution: int, batch: int, precision: str, device: torc
         opt.zero_grad(set_to_none=True)
 
     denoise = model.denoiser(ema=True)
-    x = torch.randn((batch, 1, resolution, resolution), generator=g).to(device) * SAMPLE_SIGMA
+    x = (torch.randn((batch, 1, resolution, resolution), generator=g).to(device) * SAMPLE_SIGMA).contiguous(
+        memory_format=fmt)
     sigma = torch.full((batch,), SAMPLE_SIGMA, device=device)
 
     def sample_call() -> None:
@@ -120,7 +125,7 @@ def measure(arch: str, resolution: int, batch: int, precision: str, device: torc
             denoise(x, sigma)
 
     row = {"arch": arch, "resolution": resolution, "batch": batch, "precision": precision,
-           "params": num_parameters(model.net)}
+           "memory_format": memory_format, "params": num_parameters(model.net)}
     try:
         peak_before = matmul_peak_flops(device, PRECISIONS[precision])
         train_flops = count_flops(forward_backward)
@@ -145,16 +150,18 @@ def measure(arch: str, resolution: int, batch: int, precision: str, device: torc
 
 def table(rows: list[dict], gpu_peak: bool) -> str:
     """The markdown table of all rows."""
-    headers = ["net", "res", "batch", "prec", "params", "peak TFLOP/s", "train img/s", "train GFLOP/img", "train TFLOP/s",
+    headers = ["net", "res", "batch", "prec", "format", "params", "peak TFLOP/s", "train img/s", "train GFLOP/img", "train TFLOP/s",
                "train of peak", "sample img/s", "sample GFLOP/img", "sample TFLOP/s", "sample of peak"]
     if gpu_peak:
         headers += ["train of GPU peak", "sample of GPU peak"]
     out = []
     for r in rows:
         if "error" in r:
-            out.append([r["arch"], r["resolution"], r["batch"], r["precision"], r["params"], r["error"]] + [None] * (len(headers) - 6))
+            out.append([r["arch"], r["resolution"], r["batch"], r["precision"], r["memory_format"], r["params"], r["error"]]
+                       + [None] * (len(headers) - 7))
             continue
-        line = [r["arch"], r["resolution"], r["batch"], r["precision"], r["params"], r["matmul_peak_flops"] / 1e12]
+        line = [r["arch"], r["resolution"], r["batch"], r["precision"], r["memory_format"], r["params"],
+                r["matmul_peak_flops"] / 1e12]
         for name in ("train", "sample"):
             line += [r[f"{name}_images_per_s"], r[f"{name}_flops_per_image"] / 1e9, r[f"{name}_achieved_flops"] / 1e12,
                      r[f"{name}_fraction_of_matmul_peak"]]
@@ -170,6 +177,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resolutions", default="16,32,64")
     p.add_argument("--batch-sizes", default="32,128")
     p.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16 (autocast)")
+    p.add_argument("--formats", default="contiguous,channels_last",
+                   help="memory formats of the U-Net's weights and inputs (the DiT runs contiguous only)")
+    p.add_argument("--archs", default=None, help="comma-separated networks (default: every one genlab has)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls; the median is reported")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -183,6 +193,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         p.error("--resolutions and --batch-sizes are comma-separated integers, e.g. 16,32")
     args.precisions = args.precisions.split(",")
+    args.formats = args.formats.split(",")
+    if unknown := [f for f in args.formats if f not in ("contiguous", "channels_last")]:
+        p.error(f"unknown memory format {unknown[0]!r}; choose from contiguous, channels_last")
     if unknown := [q for q in args.precisions if q not in PRECISIONS]:
         p.error(f"unknown precision {unknown[0]!r}; choose from {', '.join(PRECISIONS)}")
     if any(r < 8 or r % 4 for r in args.resolutions) or min(args.batch_sizes) < 1 or args.repeats < 1 or args.warmup < 0:
@@ -199,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
     peaks = {q: matmul_peak_flops(device, PRECISIONS[q]) for q in args.precisions}
     print("matmul peak (2048x2048, median): " + ", ".join(f"{q} {v / 1e12:.3g} TFLOP/s" for q, v in peaks.items()), flush=True)
     archs, skipped = available_archs()
+    if args.archs:
+        archs = [a for a in archs if a in args.archs.split(",")]
     for arch, why in skipped.items():
         print(f"skipping {arch}: {why}", flush=True)
     rows = []
@@ -206,11 +221,12 @@ def main(argv: list[str] | None = None) -> dict:
         for res in args.resolutions:
             for batch in args.batch_sizes:
                 for precision in args.precisions:
-                    row = measure(arch, res, batch, precision, device, args)
-                    rows.append(row)
-                    print(f"  {arch} {res}px batch {batch} {precision}: "
-                          + (row.get("error") or f"train {row['train_images_per_s']:.1f} img/s, sample {row['sample_images_per_s']:.1f} img/s"),
-                          flush=True)
+                    for memory_format in args.formats if arch == "unet" else ["contiguous"]:
+                        row = measure(arch, res, batch, precision, device, args, memory_format)
+                        rows.append(row)
+                        print(f"  {arch} {res}px batch {batch} {precision} {memory_format}: "
+                              + (row.get("error") or f"train {row['train_images_per_s']:.1f} img/s, "
+                                                     f"sample {row['sample_images_per_s']:.1f} img/s"), flush=True)
     gpu_peak = bool(args.gpu_peak_tflops and device.type == "cuda")
     text = table(rows, gpu_peak)
     print(text)

@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     line_chart,
     markdown_table,
     matmul_peak_flops,
+    median_time,
     resolve_device,
     synchronize,
     warn_if_busy,
@@ -307,6 +308,74 @@ def warm_up_and_count(cfg, device: torch.device, seed: int) -> dict:
     return out
 
 
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def equal_precision_rates(cfg, device: torch.device, seed: int, repeats: int) -> dict:
+    """Each recipe's whole training step timed the same way at the same precision, fp32 and bf16.
+
+    A step is what each training loop does per batch: forward and loss (bf16: under autocast,
+    weights and optimiser in fp32, Lightning's "bf16-mixed"), backward, gradient clipping where the
+    recipe has it, AdamW, the EMA update. Median of `repeats` steps after 2 warm-up steps; FLOPs
+    per step from FlopCounterMode (the same count at both precisions); the matmul peak measured
+    at that precision just before. The in-run rates of the other table include each loop's own
+    overhead (genlab: Lightning, checkpoints); these isolate the arithmetic.
+    """
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    from genlab.train import ema_update
+
+    data = load_dataset(cfg.data, "train")
+    out: dict = {"repeats": repeats}
+    for name, dtype in PRECISIONS.items():
+        autocast = lambda: torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16")  # noqa: E731
+        g = torch.Generator().manual_seed(seed)
+        unet = reference_unet(seed).to(device).train()
+        scheduler = DDPMScheduler(num_train_timesteps=REF_TIMESTEPS, beta_schedule="linear")
+        ref_opt = torch.optim.AdamW(unet.parameters(), lr=REF_LR)
+        ema = EMAModel(unet.parameters(), decay=REF_EMA, foreach=True)
+        x_ref = data.x[:REF_BATCH].to(device)
+
+        def ref_step() -> None:
+            with autocast():
+                loss = reference_loss(unet, scheduler, x_ref, g)
+            ref_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            ref_opt.step()
+            ema.step(unet.parameters())
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(cfg.family, cfg.model, DataInfo.of(data), cfg.optim).to(device)
+        o = cfg.optim
+        opt = torch.optim.AdamW(model.net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        batch = StepBatches(data, o.batch_size, cfg.seed).batch(0)
+        batch = {**batch, "x": batch["x"].to(device), "y": batch["y"].to(device)}
+
+        def genlab_step() -> None:
+            with warnings.catch_warnings(), autocast():  # training_step's self.log outside a Trainer only warns
+                warnings.simplefilter("ignore")
+                loss = model.training_step(batch, 0)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if o.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.net.parameters(), o.grad_clip)
+            opt.step()
+            ema_update(model.ema_net, model.net, o.ema_decay)
+
+        flops = {"reference": count_flops(ref_step), "genlab": count_flops(genlab_step)}
+        peak = matmul_peak_flops(device, dtype)
+        row = {"matmul_peak_flops": peak}
+        for which, step in (("reference", ref_step), ("genlab", genlab_step)):
+            seconds = median_time(step, device, repeats=repeats, warmup=2)
+            row[which] = {"step_s": seconds, "flops_per_step": flops[which], "achieved_flops": flops[which] / seconds,
+                          "fraction_of_peak": flops[which] / seconds / peak}
+        row["genlab_over_reference"] = row["genlab"]["achieved_flops"] / row["reference"]["achieved_flops"]
+        out[name] = row
+    return out
+
+
 def steady_rate(snapshots: list[Snapshot]) -> float | None:
     """Optimiser steps per second between the first and the last snapshot (excludes set-up)."""
     first, last = snapshots[0], snapshots[-1]
@@ -422,6 +491,7 @@ def write_report(result: dict, out: Path) -> None:
                 r["achieved_flops"], r["fraction_of_peak"], r["memory"]["peak_rss_mib"], r["memory"]["growth_mib"]]
                for name, r in (("reference (diffusers)", ref), ("genlab", gen))]
     ttf, env = result["time_to_reference_final_fd"], result["environment"]
+    gen_precision = result["recipes"]["genlab"].get("precision", "32")
     lines = [
         "# genlab vs the diffusers recipe on digits 16x16", "",
         f"Budget {result['args']['budget']:g} s per run on {env['device']} ({env['cpu']}, {env['torch_threads']} threads, "
@@ -435,6 +505,17 @@ def write_report(result: dict, out: Path) -> None:
                         "peak RSS MiB", "RSS growth MiB"], summary), "",
         f"fp32 matmul peak (2048x2048, median of 10): {fmt(result['matmul_peak_fp32_flops'])} FLOP/s. "
         f"Steps/s between the first and the last snapshot. Memory: {result['memory_method']}.", "",
+        f"The reference trains in fp32 (its recipe), genlab at its config's precision ({gen_precision}).", "",
+        "## Training FLOP/s at equal precision (each recipe's whole step, timed alike)", "",
+        markdown_table(["precision", "matmul peak FLOP/s", "ref step s", "ref FLOP/s", "ref of peak", "genlab step s",
+                        "genlab FLOP/s", "genlab of peak", "genlab / ref"],
+                       [[q, e["matmul_peak_flops"], e["reference"]["step_s"], e["reference"]["achieved_flops"],
+                         e["reference"]["fraction_of_peak"], e["genlab"]["step_s"], e["genlab"]["achieved_flops"],
+                         e["genlab"]["fraction_of_peak"], e["genlab_over_reference"]]
+                        for q, e in result["equal_precision"].items() if q in PRECISIONS]), "",
+        f"Median of {result['equal_precision']['repeats']} steps after 2 warm-up steps; a step = forward and loss "
+        "(bf16: autocast, fp32 weights and optimiser), backward, clipping (genlab), AdamW, EMA update; no loop or "
+        "trainer overhead.", "",
         "## Time to the reference's final FD", "",
         f"Target FD {fmt(ttf['target_fd'])} (the reference at {fmt(ttf['reference_time_s'])} s); genlab reaches it at "
         f"{fmt(ttf['genlab_time_s'])} s (interpolated between its marks; speed-up {fmt(ttf['speedup'])}x).", "",
@@ -465,6 +546,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--nfe", default="10,20,50", help="network evaluations of the sampling sweep")
     p.add_argument("--sweep-n", type=int, default=None, help="samples per sweep entry (default: --n-eval)")
     p.add_argument("--snapshots", type=int, default=30, help="genlab checkpoints aimed for within the budget")
+    p.add_argument("--step-repeats", type=int, default=7,
+                   help="timed steps per recipe and precision of the equal-precision FLOP/s table")
     p.add_argument("--genlab-first", action="store_true", help="train genlab before the reference (order check)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", type=Path, default=GENLAB_CONFIG)
@@ -538,6 +621,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         ref = run_reference()
         gen = run_genlab()
     peak = max(peak_before, matmul_peak_flops(device))  # the higher of two measurements: the conservative ratio
+    print("training steps of both recipes at equal precision (fp32, bf16) ...", flush=True)
+    equal = equal_precision_rates(cfg, device, args.seed, args.step_repeats)
     print("peak memory: one short child process per recipe ...", flush=True)
     memory = {which: measure_memory(which, args.config, args.seed, device) for which in ("reference", "genlab")}
 
@@ -563,10 +648,12 @@ def main(argv: list[str] | None = None) -> dict | None:
             "reference": {"unet": REF_UNET, "scheduler": "DDPMScheduler(1000, linear), epsilon", "optimizer": f"AdamW lr {REF_LR}",
                           "batch_size": REF_BATCH, "ema": f"EMAModel decay {REF_EMA}", "precision": "fp32",
                           "sampler_for_marks": f"diffusers DPMSolverMultistepScheduler, {REF_STEPS} steps"},
-            "genlab": {**config_to_dict(cfg), "sampler_for_marks": f"{cfg.model.sampler}, {cfg.model.steps} steps"},
+            "genlab": {**config_to_dict(cfg), "sampler_for_marks": f"{cfg.model.sampler}, {cfg.model.steps} steps",
+                       "precision": cfg.trainer.precision},
         },
         "flop_probe": probe,
         "matmul_peak_fp32_flops": peak,
+        "equal_precision": equal,
         "matmul_peak_fp32_flops_before_training": peak_before,
         "memory_method": MEMORY_METHOD,
         "runs": {
