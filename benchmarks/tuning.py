@@ -63,6 +63,9 @@ QUALITY_VARIANTS = {
     "base-seed1": ["seed=1"],
     "bf16": ["trainer.precision=bf16-mixed"],
     "batch64": ["optim.batch_size=64"],
+    "batch64-seed1": ["optim.batch_size=64", "seed=1"],
+    "batch32": ["optim.batch_size=32"],
+    "width24-batch64": ["model.unet.channels=24", "optim.batch_size=64"],
     "warmup20": ["optim.warmup_steps=20"],
     "cosine": ["optim.lr_schedule=cosine"],
     "lr2e-3": ["optim.lr=0.002"],
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  [[r["variant"], r["batch"], r["step_s"] * 1e3, r["images_per_s"],
                                    r["images_per_s"] / base, r["achieved_flops"] / 1e9] for r in rows]), ""]
     if args.part in ("quality", "both"):
+        args.out.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="tuning-runs-", dir=args.out))
         rows = []
         try:

@@ -81,8 +81,10 @@ class CompareSettings:
             args += ["--budget", f"{self.budget_seconds:g}s"]
         if self.budget_images is not None:
             args += ["--budget-images", str(self.budget_images)]
-        args += ["--out", str(self.out), "--config-dir", str(self.config_dir), "--n", str(self.n),
-                 "--nll-n", str(self.nll_n), "--steps-grid", ",".join(map(str, self.steps_grid))]
+        args += ["--out", str(self.out)]
+        if Path(self.config_dir).resolve() != default_config_dir():  # the repository's configs/ need not be named
+            args += ["--config-dir", str(self.config_dir)]
+        args += ["--n", str(self.n), "--nll-n", str(self.nll_n), "--steps-grid", ",".join(map(str, self.steps_grid))]
         if self.samplers is not None:
             args += ["--samplers", ",".join(self.samplers)]
         return shlex.join([*args, *self.overrides])
