@@ -142,7 +142,7 @@ class GANModel(GenerativeModule):
         def adam(params, lr: float, name: str) -> torch.optim.Optimizer:
             # The group's name tells on_before_optimizer_step which network's gradients it sees.
             return torch.optim.AdamW([{"params": list(params), "name": name}], lr=lr, betas=tuple(o.betas),
-                                     weight_decay=o.weight_decay)
+                                     weight_decay=o.weight_decay, foreach=True)
 
         opts = [adam(self.net.parameters(), o.lr, "g"), adam(self.disc.parameters(), self.spec.d_lr or o.lr, "d")]
         factor = lr_multiplier(o.warmup_steps, o.lr_schedule, self.max_steps(), lambda: self.time_spent)
