@@ -57,6 +57,34 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def genlab_train_step(model, batch: dict, optimizer: torch.optim.Optimizer | None = None,
+                      bf16: bool = False) -> Callable[[], None]:
+    """One whole training step of a genlab diffusion model as the trainer runs it, without Lightning:
+    forward and loss (bf16: under autocast, weights and optimiser fp32, Lightning's "bf16-mixed"),
+    backward, gradient clipping, the optimiser step, the EMA update. `optimizer` defaults to the
+    model's own (`configure_optimizers`, the trainer's AdamW)."""
+    import warnings
+
+    from genlab.train import ema_update
+
+    o = model.optim
+    opt = optimizer or model.configure_optimizers()["optimizer"]
+    device = batch["x"].device
+
+    def step() -> None:
+        with warnings.catch_warnings(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            warnings.simplefilter("ignore")  # training_step's self.log outside a Trainer only warns
+            loss = model.training_step(batch, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.net.parameters(), o.grad_clip)
+        opt.step()
+        ema_update(model.ema_net, model.net, o.ema_decay)
+
+    return step
+
+
 def matmul_peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32, *, repeats: int = 10,
                       n: int = MATMUL_SIZE) -> float:
     """Measured peak FLOP/s: 2 n^3 over the median time of an n x n matmul at `dtype` on `device`."""

@@ -28,13 +28,13 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import count_flops, environment, markdown_table, median_time, warn_if_busy, write_json  # noqa: E402
+from common import (count_flops, environment, genlab_train_step, markdown_table, median_time,  # noqa: E402
+                    warn_if_busy, write_json)
 
 from genlab.config import load_config  # noqa: E402
 from genlab.data import load_dataset  # noqa: E402
@@ -80,8 +80,6 @@ QUALITY_VARIANTS = {
 
 def step_variant(cfg, precision: str, memory_format: str, adamw: str, batch_size: int | None, repeats: int) -> dict:
     """Median seconds of one whole training step of `cfg` under one execution variant."""
-    from genlab.train import ema_update
-
     data = load_dataset(cfg.data, "train")
     o = cfg.optim
     batch_size = batch_size or o.batch_size
@@ -93,17 +91,7 @@ def step_variant(cfg, precision: str, memory_format: str, adamw: str, batch_size
     opt = torch.optim.AdamW(model.net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **kwargs)
     batch = StepBatches(data, batch_size, cfg.seed).batch(0)
     batch = {**batch, "x": batch["x"].contiguous(memory_format=fmt)}
-
-    def step() -> None:
-        with warnings.catch_warnings(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            warnings.simplefilter("ignore")  # training_step's self.log outside a Trainer only warns
-            loss = model.training_step(batch, 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.net.parameters(), o.grad_clip)
-        opt.step()
-        ema_update(model.ema_net, model.net, o.ema_decay)
+    step = genlab_train_step(model, batch, opt, bf16=precision == "bf16")
 
     flops = count_flops(step)
     seconds = median_time(step, "cpu", repeats=repeats, warmup=2)

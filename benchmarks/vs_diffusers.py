@@ -41,6 +41,7 @@ from common import (  # noqa: E402
     PeakMemory,
     count_flops,
     environment,
+    genlab_train_step,
     fmt,
     line_chart,
     markdown_table,
@@ -324,8 +325,6 @@ def equal_precision_rates(cfg, device: torch.device, seed: int, repeats: int) ->
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    from genlab.train import ema_update
-
     data = load_dataset(cfg.data, "train")
     out: dict = {"repeats": repeats}
     for name, dtype in PRECISIONS.items():
@@ -348,21 +347,9 @@ def equal_precision_rates(cfg, device: torch.device, seed: int, repeats: int) ->
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(cfg.family, cfg.model, DataInfo.of(data), cfg.optim).to(device)
-        o = cfg.optim
-        opt = torch.optim.AdamW(model.net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-        batch = StepBatches(data, o.batch_size, cfg.seed).batch(0)
+        batch = StepBatches(data, cfg.optim.batch_size, cfg.seed).batch(0)
         batch = {**batch, "x": batch["x"].to(device), "y": batch["y"].to(device)}
-
-        def genlab_step() -> None:
-            with warnings.catch_warnings(), autocast():  # training_step's self.log outside a Trainer only warns
-                warnings.simplefilter("ignore")
-                loss = model.training_step(batch, 0)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.net.parameters(), o.grad_clip)
-            opt.step()
-            ema_update(model.ema_net, model.net, o.ema_decay)
+        genlab_step = genlab_train_step(model, batch, bf16=name == "bf16")  # the trainer's AdamW
 
         flops = {"reference": count_flops(ref_step), "genlab": count_flops(genlab_step)}
         peak = matmul_peak_flops(device, dtype)
