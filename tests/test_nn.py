@@ -23,6 +23,7 @@ from genlab.nn import (
     UNet,
     num_parameters,
 )
+from genlab.nn.attention import attention
 from genlab.nn.dit import DiTBlock, patchify, sincos_position_embedding, unpatchify
 from genlab.nn.unet import UNetBlock, group_norm
 
@@ -227,6 +228,21 @@ def test_bf16_autocast_is_close_to_fp32(name):
         y_bf16 = model(x, c, cond)
     assert y_bf16.dtype == x.dtype
     assert torch.linalg.vector_norm(y_bf16 - y) / torch.linalg.vector_norm(y) < 0.05
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_matches_the_softmax_closed_form_at_each_precision(dtype):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 64, 16, generator=g, dtype=torch.float64) for _ in range(3))
+    expected = torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v  # sqrt(d) = 4
+    qd, kd, vd = (t.to(dtype).requires_grad_(True) for t in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        out = attention(qd, kd, vd)
+    assert out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
+    out.float().sum().backward()
+    assert qd.grad.dtype == dtype and torch.count_nonzero(qd.grad) > 0
 
 
 def test_unet_channels_last_equals_contiguous():

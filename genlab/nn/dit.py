@@ -20,17 +20,17 @@
 4. *Final layer*: an adaLN-modulated LayerNorm, a linear map to p * p * C per token (zero at
    the start, so the untrained network outputs 0, like the U-Net) and the inverse of step 1.
 
-Attention is ``scaled_dot_product_attention`` over all N tokens; the MLP is GELU (tanh) with
-``mlp_ratio`` times the width, as in DiT.
+Attention is scaled dot-product attention (:func:`genlab.nn.attention.attention`) over all N
+tokens; the MLP is GELU (tanh) with ``mlp_ratio`` times the width, as in DiT.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from genlab.errors import ConfigError
+from genlab.nn.attention import attention
 from genlab.nn.embeddings import ConditionEmbedding
 from genlab.nn.unet import ResolutionError, zero_init
 
@@ -94,7 +94,7 @@ class DiTBlock(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genlab.errors import ConfigError
+from genlab.nn.attention import attention
 from genlab.nn.embeddings import ConditionEmbedding
 
 __all__ = ["UNet", "UNetBlock", "SelfAttention2d", "Downsample", "Upsample", "ResolutionError", "group_norm"]
@@ -52,7 +53,7 @@ class SelfAttention2d(nn.Module):
     """Multi-head self-attention over the H*W positions of a feature map, with a residual.
 
     ``x + W_o MHA(GroupNorm(x))`` (Vaswani et al. 2017; the DDPM / ADM attention block),
-    computed with ``scaled_dot_product_attention``. ``W_o`` starts at zero, so the block
+    computed with :func:`genlab.nn.attention.attention`. ``W_o`` starts at zero, so the block
     starts as the identity.
     """
 
@@ -79,7 +80,7 @@ class SelfAttention2d(nn.Module):
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C); a view when channels_last
         qkv = self.qkv(tokens).unflatten(2, (3, self.num_heads, C // self.num_heads))  # (B, HW, 3, heads, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, d)
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
+        h = attention(q, k, v)  # (B, heads, HW, d)
         h = self.proj(h.transpose(1, 2).flatten(2))  # (B, HW, C)
         # (B, HW, C) -> (B, C, H, W) as a view: no copy, the result is channels_last.
         return x + h.transpose(1, 2).unflatten(2, (H, W))

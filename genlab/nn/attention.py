@@ -1,0 +1,27 @@
+"""Scaled dot-product attention as genlab's networks call it: one place for the device-specific choice.
+
+PyTorch's CPU flash-attention kernel is slow in bf16 at the token counts of small images: the
+backward of 64 tokens x 4 heads x 16 dimensions at batch 64 took 49 ms in bf16 against 5.4 ms in
+fp32 on a Xeon with AMX (benchmarks/README.md, "bf16 attention on the CPU"), and made a bf16
+training step of the digits U-Net slower than the fp32 one. So on the CPU, 16-bit inputs are
+attended in fp32 and the result cast back; elsewhere the inputs go to the kernel as they are.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["attention"]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` over (..., tokens, d) inputs, with attention dropout ``dropout_p``.
+
+    Returns a tensor of ``q``'s shape and dtype.
+    """
+    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
