@@ -184,3 +184,16 @@ def test_manual_optimisation_families_are_guarded_too(tmp_path, monkeypatch):
     assert same_tensors(moments(states[3]), moments(states[2]))
     assert not same_tensors(states[4]["state_dict"], states[3]["state_dict"])
     assert guard_state(states[3])["bad_streak"] == 1
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e30])
+def test_all_finite_finds_one_bad_value_among_many_tensors(bad):
+    """One NaN, Inf, or a value past ~1e19 (whose square overflows fp32) anywhere makes the lot non-finite;
+    integer tensors and None are passed over."""
+    tensors = [torch.randn(7, 3), torch.randn(100), torch.zeros(0), None, torch.arange(5),
+               torch.randn(2, 2, dtype=torch.bfloat16)]
+    assert all_finite(tensors)
+    for i in (0, 1, 5):
+        broken = [t.clone() if t is not None else None for t in tensors]
+        broken[i].view(-1)[-1] = bad
+        assert not all_finite(broken)
