@@ -62,6 +62,7 @@ QUALITY_VARIANTS = {
     "base": [],
     "base-seed1": ["seed=1"],
     "bf16": ["trainer.precision=bf16-mixed"],
+    "bf16-seed1": ["trainer.precision=bf16-mixed", "seed=1"],
     "batch64": ["optim.batch_size=64"],
     "batch64-seed1": ["optim.batch_size=64", "seed=1"],
     "batch32": ["optim.batch_size=32"],

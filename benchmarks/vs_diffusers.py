@@ -253,17 +253,18 @@ def genlab_config(config: Path, budget: float | None, ckpt_every: int, device: t
 
 def train_genlab(cfg, run_dir: Path) -> dict:
     """Run genlab.train.train; every checkpoint is a snapshot timed by its JSON's mtime (written last)."""
-    from genlab.runs import CHECKPOINTS
+    from genlab.runs import CHECKPOINTS, CONFIG_YAML
     from genlab.train import train
 
     t0 = time.time()  # wall clock, comparable with file mtimes
     train(cfg, run_dir)
+    precision = load_config(run_dir / CONFIG_YAML).trainer.precision  # "auto" resolved by the run
     snapshots = []
     for path in sorted((run_dir / CHECKPOINTS).glob("step-*.json")):
         if m := _STEP_FILE.match(path.name):
             snapshots.append(Snapshot(path.stat().st_mtime - t0, int(m.group(1)), path))
     snapshots.sort(key=lambda s: s.step)
-    return {"checkpoints": snapshots, "steps": snapshots[-1].step}
+    return {"checkpoints": snapshots, "steps": snapshots[-1].step, "precision": precision}
 
 
 def nearest(snapshots: list[Snapshot], mark: float) -> Snapshot:
@@ -474,8 +475,9 @@ def write_report(result: dict, out: Path) -> None:
         ylabel="FD (lower is better)", hline=("evaluator floor (train vs test)", floor) if floor is not None else None)
     marks = [[r["mark_s"], r["time_s"], r["step"], r["fd"], g["time_s"], g["step"], g["fd"]]
              for r, g in zip(ref["marks"], gen["marks"])]
-    summary = [[name, r["params"], r["steps"], r["steps_per_s"], r["images_per_s"], r["train_flops_per_step"],
-                r["achieved_flops"], r["fraction_of_peak"], r["memory"]["peak_rss_mib"], r["memory"]["growth_mib"]]
+    summary = [[name, r.get("precision", "32"), r["params"], r["steps"], r["steps_per_s"], r["images_per_s"],
+                r["train_flops_per_step"], r["achieved_flops"], r["fraction_of_peak"], r["memory"]["peak_rss_mib"],
+                r["memory"]["growth_mib"]]
                for name, r in (("reference (diffusers)", ref), ("genlab", gen))]
     ttf, env = result["time_to_reference_final_fd"], result["environment"]
     gen_precision = result["recipes"]["genlab"].get("precision", "32")
@@ -488,11 +490,13 @@ def write_report(result: dict, out: Path) -> None:
         "## FD at the time marks (EMA weights; time = training wall clock, evaluation excluded)", "",
         markdown_table(["mark s", "ref time s", "ref step", "ref FD", "genlab time s", "genlab step", "genlab FD"], marks), "",
         "## Training", "",
-        markdown_table(["run", "params", "steps", "steps/s", "images/s", "FLOPs/step", "FLOP/s", "of fp32 matmul peak",
-                        "peak RSS MiB", "RSS growth MiB"], summary), "",
-        f"fp32 matmul peak (2048x2048, median of 10): {fmt(result['matmul_peak_fp32_flops'])} FLOP/s. "
+        markdown_table(["run", "precision", "params", "steps", "steps/s", "images/s", "FLOPs/step", "FLOP/s",
+                        "of matmul peak at its precision", "peak RSS MiB", "RSS growth MiB"], summary), "",
+        f"fp32 matmul peak (2048x2048, median of 10): {fmt(result['matmul_peak_fp32_flops'])} FLOP/s"
+        + (f"; bf16 (median of 20): {fmt(gen['matmul_peak_flops'])} FLOP/s. " if gen.get("precision", "32") != "32" else ". ") +
         f"Steps/s between the first and the last snapshot. Memory: {result['memory_method']}.", "",
-        f"The reference trains in fp32 (its recipe), genlab at its config's precision ({gen_precision}).", "",
+        f"The reference trains in fp32 (its recipe), genlab at its config's precision ({gen_precision}; `auto` is "
+        "bf16 autocast where this CPU's bf16 matmul is fast, genlab/precision.py).", "",
         "## Training FLOP/s at equal precision (each recipe's whole step, timed alike)", "",
         markdown_table(["precision", "matmul peak FLOP/s", "ref step s", "ref FLOP/s", "ref of peak", "genlab step s",
                         "genlab FLOP/s", "genlab of peak", "genlab / ref"],
@@ -608,6 +612,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         ref = run_reference()
         gen = run_genlab()
     peak = max(peak_before, matmul_peak_flops(device))  # the higher of two measurements: the conservative ratio
+    gen_peak = peak if gen["precision"] == "32" else matmul_peak_flops(device, torch.bfloat16, repeats=20)
     print("training steps of both recipes at equal precision (fp32, bf16) ...", flush=True)
     equal = equal_precision_rates(cfg, device, args.seed, args.step_repeats)
     print("peak memory: one short child process per recipe ...", flush=True)
@@ -636,7 +641,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                           "batch_size": REF_BATCH, "ema": f"EMAModel decay {REF_EMA}", "precision": "fp32",
                           "sampler_for_marks": f"diffusers DPMSolverMultistepScheduler, {REF_STEPS} steps"},
             "genlab": {**config_to_dict(cfg), "sampler_for_marks": f"{cfg.model.sampler}, {cfg.model.steps} steps",
-                       "precision": cfg.trainer.precision},
+                       "precision": f"{cfg.trainer.precision} -> {gen['precision']}"},
         },
         "flop_probe": probe,
         "matmul_peak_fp32_flops": peak,
@@ -648,7 +653,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                                         probe["reference_flops_per_step"], peak, memory["reference"]),
                           "loss_last_50": ref["loss_last_50"], "marks": ref_marks},
             "genlab": {**run_summary(probe["genlab_params"], gen["steps"], gen["checkpoints"], cfg.optim.batch_size,
-                                     probe["genlab_flops_per_step"], peak, memory["genlab"]),
+                                     probe["genlab_flops_per_step"], gen_peak, memory["genlab"]),
+                       "precision": gen["precision"], "matmul_peak_flops": gen_peak,
                        "checkpoint_every": ckpt_every, "marks": gen_marks,
                        "checkpoints": [{"time_s": s.time_s, "step": s.step} for s in gen["checkpoints"]]},
         },

@@ -39,7 +39,9 @@ class TrainerSpec(Spec):
 
     max_steps: int = Field(2000, ge=1, le=100_000_000)
     max_time: float | None = Field(None, gt=0.0, description="wall-clock budget in seconds (final checkpoint at the end)")
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = Field("32", description="bf16-mixed: bf16 autocast")
+    precision: Literal["32", "bf16-mixed", "16-mixed", "auto"] = Field(
+        "32", description="bf16-mixed: bf16 autocast; auto: bf16-mixed where this device's bf16 matmul is fast, "
+        "else 32, chosen when the run starts (genlab/precision.py)")
 
     @field_validator("precision", mode="before")
     @classmethod

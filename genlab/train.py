@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from genlab.checkpoint import (SafeCheckpointIO, checkpoint_name, checkpoint_step, latest_checkpoint,
                                list_checkpoints, prune_checkpoints, remove_stale_temp_files)
-from genlab.config import RunConfig, save_config
+from genlab.config import RunConfig, load_config, save_config
 from genlab.data import load_dataset
 from genlab.data.base import TensorData
 from genlab.data.batches import StepBatches, mix_seed
@@ -42,6 +42,7 @@ from genlab.memory import check_activation_memory, check_parameter_memory
 from genlab.models import build_model
 from genlab.models.base import DataInfo, all_finite
 from genlab.nonfinite import NonFiniteGuard, training_tensors
+from genlab.precision import resolve_precision
 from genlab.runlock import RunLock
 from genlab.safepaths import check_run_links
 from genlab.runs import CHECKPOINTS, CONFIG_YAML, SAMPLES, load_weights, read_run, write_run_json
@@ -420,6 +421,21 @@ def _strategy(t, manual: bool) -> str:
     return ("ddp" if t.strategy == "auto" else t.strategy) + "_find_unused_parameters_true"
 
 
+def _pin_precision(cfg: RunConfig, out: Path, fresh: bool) -> RunConfig:
+    """`cfg` with `trainer.precision: auto` replaced by the run's precision (genlab/precision.py).
+
+    A new run (`fresh`, in the launching process) chooses it now, and its config.yaml keeps the
+    choice; a resumed run and the ranks a DDP launcher starts read it from there, so a run never
+    changes precision half-way, nor do its ranks disagree.
+    """
+    if cfg.trainer.precision != "auto":
+        return cfg
+    saved = None if fresh else load_config(out / CONFIG_YAML).trainer.precision
+    cfg = cfg.model_copy(deep=True)
+    cfg.trainer.precision = saved if saved not in (None, "auto") else resolve_precision("auto", cfg.trainer.accelerator)
+    return cfg
+
+
 def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: Sequence[Callback]) -> Path:
     data = load_dataset(cfg.data, "train")
     if resume:
@@ -453,6 +469,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
         raise ConfigError(f"optim.accumulate={cfg.optim.accumulate} is not supported by the {cfg.family} family "
                           f"(it steps its own optimisers); use optim.accumulate=1 and a smaller optim.batch_size")
 
+    cfg = _pin_precision(cfg, out, fresh=not (resume or child))  # after the checks: a refused run measures nothing
     t = cfg.trainer
     clock = TrainingClock()
     stops = StopConditions(t.max_time, handle_signals=not child, clock=clock)

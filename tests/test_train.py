@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from conftest import GAUSS_CONFIG, TINY, genlab_argv, genlab_cmd, genlab_env, one_thread, tiny_config, train_tiny
 from genlab.checkpoint import flatten_state, list_checkpoints, load_checkpoint
@@ -326,6 +327,49 @@ def test_batches_that_do_not_split_are_refused():
         StepBatches(_indexed_data(100), 30, 0, world_size=4)
     with pytest.raises(ConfigError, match="larger than the dataset"):
         StepBatches(_indexed_data(10), 16, 0)
+
+
+@pytest.mark.parametrize("speedup, chosen", [(3.0, "bf16-mixed"), (0.6, "32")])
+def test_auto_precision_follows_the_measured_bf16_speedup_on_the_cpu(monkeypatch, speedup, chosen):
+    import genlab.precision as P
+
+    monkeypatch.setattr(P, "bf16_matmul_speedup", lambda: speedup)
+    assert P.resolve_precision("auto", "cpu") == chosen
+    for fixed in ("32", "bf16-mixed", "16-mixed"):
+        assert P.resolve_precision(fixed, "cpu") == fixed  # only "auto" is decided
+
+
+def test_bf16_matmul_speedup_is_a_positive_ratio():
+    from genlab.precision import bf16_matmul_speedup
+
+    assert 0.0 < bf16_matmul_speedup(n=64, repeats=2) < float("inf")
+
+
+class _PrecisionSeen(Callback):
+    """Records the precision Lightning trains at."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.precision = trainer.precision
+
+
+def test_auto_precision_is_chosen_once_and_kept_by_the_run(tmp_path, monkeypatch):
+    """A new run measures and writes its choice into config.yaml; resuming keeps it, even on a machine
+    (here: a measurement) that would choose otherwise, and even when asked for "auto" again."""
+    import genlab.precision as P
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(P, "bf16_matmul_speedup", lambda: 3.0)
+    seen = _PrecisionSeen()
+    train(tiny_config(GAUSS_CONFIG, "trainer.precision=auto", "trainer.max_steps=2"), out, callbacks=[seen])
+    assert seen.precision == "bf16-mixed"
+    assert load_config(out / CONFIG_YAML).trainer.precision == "bf16-mixed"
+
+    monkeypatch.setattr(P, "bf16_matmul_speedup", lambda: 0.5)
+    resumed = _PrecisionSeen()
+    cfg = load_config(out / CONFIG_YAML, ["trainer.max_steps=4", "trainer.precision=auto"])
+    train(cfg, out, resume=True, callbacks=[resumed])
+    assert resumed.precision == "bf16-mixed"
+    assert checkpoint_step(latest(out)) == 4
 
 
 @pytest.mark.parametrize("written, parsed", [("32", "32"), ("'32'", "32"), ("bf16-mixed", "bf16-mixed")])
