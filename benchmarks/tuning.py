@@ -61,6 +61,8 @@ STEP_VARIANTS = [
 QUALITY_VARIANTS = {
     "base": [],
     "base-seed1": ["seed=1"],
+    "fp32": ["trainer.precision=32"],
+    "fp32-seed1": ["trainer.precision=32", "seed=1"],
     "bf16": ["trainer.precision=bf16-mixed"],
     "bf16-seed1": ["trainer.precision=bf16-mixed", "seed=1"],
     "batch64": ["optim.batch_size=64"],
