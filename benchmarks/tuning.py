@@ -8,8 +8,9 @@ to the cost of a training step and to the quality reached within a fixed trainin
 Part "step": the whole training step of configs/digits-diffusion.yaml (forward and loss, backward,
 clipping, AdamW, EMA update; as benchmarks/vs_diffusers.py times it), median of --repeats after
 2 warm-up steps, for each execution variant: precision (fp32, bf16 autocast), memory format of
-the U-Net (contiguous, channels_last), AdamW implementation (foreach, fused), batch size.
-Images/s and the ratio to the first row. FLOPs are the same for every variant of one batch size.
+the U-Net (contiguous, channels_last), AdamW implementation (foreach, fused), batch size, U-Net
+width. Images/s, the ratio to the first row and the achieved GFLOP/s (FlopCounterMode's count over
+the median time: a wider network does more FLOPs per step and uses the matmul units better).
 
 Part "quality": each config variant (a list of overrides of the default config) trained with
 `genlab.train.train` for --budget seconds of training (trainer.max_time; max_steps unlimited),
@@ -45,16 +46,19 @@ from genlab.models.base import DataInfo  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits-diffusion.yaml"
 
-# (name, precision, memory format, AdamW implementation, batch size)
+# (name, precision, memory format, AdamW implementation, batch size, overrides of the config)
 STEP_VARIANTS = [
-    ("fp32", "fp32", "contiguous", "foreach", None),
-    ("fp32 channels_last", "fp32", "channels_last", "foreach", None),
-    ("fp32 fused AdamW", "fp32", "contiguous", "fused", None),
-    ("bf16", "bf16", "contiguous", "foreach", None),
-    ("bf16 channels_last", "bf16", "channels_last", "foreach", None),
-    ("bf16 channels_last fused", "bf16", "channels_last", "fused", None),
-    ("fp32 batch 64", "fp32", "contiguous", "foreach", 64),
-    ("bf16 batch 64", "bf16", "contiguous", "foreach", 64),
+    ("fp32", "fp32", "contiguous", "foreach", None, ()),
+    ("fp32 channels_last", "fp32", "channels_last", "foreach", None, ()),
+    ("fp32 fused AdamW", "fp32", "contiguous", "fused", None, ()),
+    ("bf16", "bf16", "contiguous", "foreach", None, ()),
+    ("bf16 channels_last", "bf16", "channels_last", "foreach", None, ()),
+    ("bf16 channels_last fused", "bf16", "channels_last", "fused", None, ()),
+    ("fp32 batch 128", "fp32", "contiguous", "foreach", 128, ()),
+    ("bf16 batch 128", "bf16", "contiguous", "foreach", 128, ()),
+    ("fp32 width 48", "fp32", "contiguous", "foreach", None, ("model.unet.channels=48",)),
+    ("fp32 width 64", "fp32", "contiguous", "foreach", None, ("model.unet.channels=64",)),
+    ("bf16 width 64", "bf16", "contiguous", "foreach", None, ("model.unet.channels=64",)),
 ]
 
 # config variants of the quality part: name -> overrides of the default config
@@ -153,9 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
              f"{result['environment']['cpu']}, {result['environment']['torch_threads']} threads, torch "
              f"{torch.__version__}.", ""]
     if args.part in ("step", "both"):
-        cfg = load_config(CONFIG)
         rows = []
-        for name, precision, memory_format, adamw, batch in STEP_VARIANTS:
+        for name, precision, memory_format, adamw, batch, overrides in STEP_VARIANTS:
+            cfg = load_config(CONFIG, list(overrides))
             row = {"variant": name, **step_variant(cfg, precision, memory_format, adamw, batch, args.repeats)}
             rows.append(row)
             print(f"  {name}: {row['step_s'] * 1e3:.0f} ms/step, {row['images_per_s']:.0f} img/s", flush=True)

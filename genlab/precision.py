@@ -2,13 +2,13 @@
 
 bf16 mixed precision (bf16 matmuls and convolutions, fp32 weights and optimiser) pays where the
 hardware has fast bf16 matrix units: NVIDIA GPUs from Ampere on, x86 CPUs with AMX (AVX512-BF16
-alone was not enough on the Xeon below), Arm CPUs with BF16 instructions. Elsewhere PyTorch emulates bf16 and a step gets slower. On the
-CPU there is no public PyTorch call that tells which, so "auto" measures it: one 768 x 768 matmul
-in each precision (the fastest of 5, about 50 ms in all), bf16 when it is at least
-`MIN_BF16_SPEEDUP` times faster. Measured on a 2-core Xeon with AMX (benchmarks/README.md): the
-matmul ratio 1.7-1.8 and the digits U-Net's training step 1.3x faster in bf16; with oneDNN held
-to AVX512-BF16 (`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`, no AMX) the ratio 0.6 and the step 0.9x;
-to AVX512 without BF16 0.2, to AVX2 0.01.
+alone was not enough on the Xeon below), Arm CPUs with BF16 instructions. Elsewhere PyTorch
+emulates bf16 and a step gets slower. On the CPU no public PyTorch call tells which, so "auto"
+measures it: one 768 x 768 matmul in each precision (the fastest of 5, about 50 ms in all), bf16
+when it is at least `MIN_BF16_SPEEDUP` times faster. Measured on a 2-core Xeon with AMX
+(benchmarks/README.md): the matmul ratio 1.7-1.8 and the digits U-Net's training step 1.3-1.6x
+faster in bf16; with oneDNN held to AVX512-BF16 (`ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`, no AMX)
+the ratio 0.6 and the step 0.9x; held to AVX512 without BF16 the ratio 0.2, to AVX2 0.01.
 
 The choice is made once, when a run starts, and written into the run's config.yaml: a resumed
 run, and every rank of a DDP run, trains at the precision the run started with.

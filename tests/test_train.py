@@ -339,12 +339,6 @@ def test_auto_precision_follows_the_measured_bf16_speedup_on_the_cpu(monkeypatch
         assert P.resolve_precision(fixed, "cpu") == fixed  # only "auto" is decided
 
 
-def test_bf16_matmul_speedup_is_a_positive_ratio():
-    from genlab.precision import bf16_matmul_speedup
-
-    assert 0.0 < bf16_matmul_speedup(n=64, repeats=2) < float("inf")
-
-
 class _PrecisionSeen(Callback):
     """Records the precision Lightning trains at."""
 
