@@ -79,6 +79,8 @@ QUALITY_VARIANTS = {
     "ema0.995": ["optim.ema_decay=0.995"],
     "width48": ["model.unet.channels=48"],
     "width64": ["model.unet.channels=64"],
+    "width48-bf16": ["model.unet.channels=48", "trainer.precision=bf16-mixed"],
+    "width64-bf16": ["model.unet.channels=64", "trainer.precision=bf16-mixed"],
     "warmup20-bf16": ["optim.warmup_steps=20", "trainer.precision=bf16-mixed"],
     "warmup20-bf16-batch64": ["optim.warmup_steps=20", "trainer.precision=bf16-mixed", "optim.batch_size=64"],
     "dit": ["model.net=dit", "optim.lr=0.0005"],
