@@ -493,7 +493,8 @@ def write_report(result: dict, out: Path) -> None:
         markdown_table(["run", "precision", "params", "steps", "steps/s", "images/s", "FLOPs/step", "FLOP/s",
                         "of matmul peak at its precision", "peak RSS MiB", "RSS growth MiB"], summary), "",
         f"fp32 matmul peak (2048x2048, median of 10): {fmt(result['matmul_peak_fp32_flops'])} FLOP/s"
-        + (f"; bf16 (median of 20): {fmt(gen['matmul_peak_flops'])} FLOP/s. " if gen.get("precision", "32") != "32" else ". ") +
+        + (f"; {gen['precision']} (median of 20): {fmt(gen['matmul_peak_flops'])} FLOP/s. "
+           if gen.get("precision", "32") != "32" else ". ") +
         f"Steps/s between the first and the last snapshot. Memory: {result['memory_method']}.", "",
         f"The reference trains in fp32 (its recipe), genlab at its config's precision ({gen_precision}; `auto` is "
         "bf16 autocast where this CPU's bf16 matmul is fast, genlab/precision.py).", "",
@@ -612,7 +613,8 @@ def main(argv: list[str] | None = None) -> dict | None:
         ref = run_reference()
         gen = run_genlab()
     peak = max(peak_before, matmul_peak_flops(device))  # the higher of two measurements: the conservative ratio
-    gen_peak = peak if gen["precision"] == "32" else matmul_peak_flops(device, torch.bfloat16, repeats=20)
+    gen_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(gen["precision"])  # its matmul precision
+    gen_peak = peak if gen_dtype is None else matmul_peak_flops(device, gen_dtype, repeats=20)
     print("training steps of both recipes at equal precision (fp32, bf16) ...", flush=True)
     equal = equal_precision_rates(cfg, device, args.seed, args.step_repeats)
     print("peak memory: one short child process per recipe ...", flush=True)
