@@ -65,11 +65,11 @@ def genlab_train_step(model, batch: dict, optimizer: torch.optim.Optimizer | Non
     model's own (`configure_optimizers`, the trainer's AdamW)."""
     import warnings
 
-    from genlab.train import ema_update
+    from genlab.engine.trainer import ema_update
 
     o = model.optim
     opt = optimizer or model.configure_optimizers()["optimizer"]
-    device = batch["x"].device
+    device = batch.x.device
 
     def step() -> None:
         with warnings.catch_warnings(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):

@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, fmt, markdown_table, median_time, warn_if_busy, write_json  # noqa: E402
 
-from genlab.eval.evaluate import evaluate_run  # noqa: E402
-from genlab.runs import SAMPLES, load_run_model  # noqa: E402
+from genlab.engine.evaluate import evaluate_run
+from genlab.engine.runs import SAMPLES, load_run_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"

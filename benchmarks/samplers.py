@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, fmt, markdown_table, median_time, warn_if_busy, write_json  # noqa: E402
 
 from genlab.diffusion.samplers import network_evaluations  # noqa: E402
-from genlab.eval.evaluate import evaluate_samples  # noqa: E402
-from genlab.runs import load_run_model, read_run  # noqa: E402
+from genlab.eval.scores import evaluate_samples
+from genlab.engine.runs import load_run_model, read_run  # noqa: E402
 
 METRICS = ("fd", "kid", "precision", "recall", "density", "coverage", "class_coverage", "class_kl", "confidence")
 

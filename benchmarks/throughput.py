@@ -43,9 +43,9 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from genlab.config import load_config  # noqa: E402
-from genlab.models import build_model  # noqa: E402
-from genlab.models.base import DataInfo  # noqa: E402
+from genlab.engine.config import load_config  # noqa: E402
+from genlab.models.registry import build_model  # noqa: E402
+from genlab.data.base import DataInfo
 from genlab.models.specs import DiffusionSpec  # noqa: E402
 from genlab.nn import ARCHITECTURES, num_parameters  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Wall time of N training steps of the default digits config through `genlab.train.train` (start-up
+"""Wall time of N training steps of the default digits config through `genlab.engine.trainer.train` (start-up
 included), optionally under cProfile: where the trainer's time goes beyond the bare step.
 
     python benchmarks/trainer_steps.py 150             # seconds for 150 steps
@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from genlab.config import load_config
-from genlab.train import train
+from genlab.engine.config import load_config
+from genlab.engine.trainer import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "digits-diffusion.yaml"
 

@@ -13,7 +13,7 @@ width. Images/s, the ratio to the first row and the achieved GFLOP/s (FlopCounte
 the median time: a wider network does more FLOPs per step and uses the matmul units better).
 
 Part "quality": each config variant (a list of overrides of the default config) trained with
-`genlab.train.train` for --budget seconds of training (trainer.max_time; max_steps unlimited),
+`genlab.engine.trainer.train` for --budget seconds of training (trainer.max_time; max_steps unlimited),
 one after another in this process, then its final EMA weights sampled with the config's sampler
 (--n samples, fixed seed) and scored by `genlab.eval.evaluate_samples`: FD, the steps done and
 the training time. One seed per variant: a difference smaller than the seed-to-seed spread
@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (count_flops, environment, genlab_train_step, markdown_table, median_time,  # noqa: E402
                     warn_if_busy, write_json)
 
-from genlab.config import load_config  # noqa: E402
+from genlab.engine.config import load_config  # noqa: E402
 from genlab.data import load_dataset  # noqa: E402
 from genlab.data.batches import StepBatches  # noqa: E402
-from genlab.models import build_model  # noqa: E402
-from genlab.models.base import DataInfo  # noqa: E402
+from genlab.models.registry import build_model  # noqa: E402
+from genlab.data.base import DataInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "digits-diffusion.yaml"
@@ -99,7 +99,7 @@ def step_variant(cfg, precision: str, memory_format: str, adamw: str, batch_size
     kwargs = {"fused": True} if adamw == "fused" else {"foreach": True}
     opt = torch.optim.AdamW(model.net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **kwargs)
     batch = StepBatches(data, batch_size, cfg.seed).batch(0)
-    batch = {**batch, "x": batch["x"].contiguous(memory_format=fmt)}
+    batch.x = batch.x.contiguous(memory_format=fmt)
     step = genlab_train_step(model, batch, opt, bf16=precision == "bf16")
 
     flops = count_flops(step)
@@ -110,9 +110,9 @@ def step_variant(cfg, precision: str, memory_format: str, adamw: str, batch_size
 
 def quality_variant(name: str, overrides: list[str], budget: float, n: int, work: Path) -> dict:
     """Train one config variant for `budget` s of training; FD of its final EMA weights."""
-    from genlab.eval import evaluate_samples
-    from genlab.runs import load_run_model
-    from genlab.train import train
+    from genlab.eval.scores import evaluate_samples
+    from genlab.engine.runs import load_run_model
+    from genlab.engine.trainer import train
 
     cfg = load_config(CONFIG, [*overrides, f"trainer.max_time={budget}", "trainer.max_steps=100000000",
                                "trainer.sample_every=100000000", "trainer.ckpt_every=100000000",
@@ -129,8 +129,8 @@ def quality_variant(name: str, overrides: list[str], budget: float, n: int, work
 
 
 def _last_step(run: Path) -> int:
-    from genlab.checkpoint import list_checkpoints
-    from genlab.runs import CHECKPOINTS
+    from genlab.engine.checkpoint import list_checkpoints
+    from genlab.engine.runs import CHECKPOINTS
 
     return int(list_checkpoints(run / CHECKPOINTS)[-1].stem.split("-")[1])
 

@@ -7,7 +7,7 @@ one after the other in one process, under the same wall-clock budget and the sam
 (a) the reference: diffusers' UNet2DModel (~4.4 M parameters, attention at 4x4), DDPMScheduler
     (1000 linear-beta steps, epsilon prediction), AdamW lr 2e-4, batch 64, diffusers' EMAModel
     (decay 0.999), fp32, a plain PyTorch loop, seeded; sampled with DPM-Solver++(2M), 20 steps.
-(b) genlab: configs/digits-diffusion.yaml through genlab.train.train with trainer.max_time set to
+(b) genlab: configs/digits-diffusion.yaml through genlab.engine.trainer.train with trainer.max_time set to
     the budget; sampled with the config's own sampler and steps.
 
 Both clocks start when the training function is called (data loading and set-up count) and
@@ -53,12 +53,12 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from genlab.config import OptimSpec, config_to_dict, load_config  # noqa: E402
+from genlab.engine.config import OptimSpec, config_to_dict, load_config  # noqa: E402
 from genlab.data import DataSpec, load_dataset  # noqa: E402
 from genlab.data.batches import StepBatches  # noqa: E402
 from genlab.diffusion.samplers import network_evaluations  # noqa: E402
-from genlab.models import build_model  # noqa: E402
-from genlab.models.base import DataInfo  # noqa: E402
+from genlab.models.registry import build_model  # noqa: E402
+from genlab.data.base import DataInfo
 from genlab.models.specs import DiffusionSpec, UNetSpec  # noqa: E402
 
 DIGITS = DataSpec(name="digits", resolution=16)
@@ -97,13 +97,13 @@ def score(samples: Tensor, seed: int) -> dict:
     """Metrics of (N, 1, 16, 16) samples in [-1, 1] from genlab's evaluator; "fd" is the headline.
 
     Falls back to a Frechet distance on raw pixels against the test split, labelled as such,
-    when genlab.eval.evaluate is not available, so the benchmark still runs end to end.
+    when genlab.engine.evaluate is not available, so the benchmark still runs end to end.
     """
     samples = samples.detach().float().cpu().clamp(-1, 1)
     try:
-        from genlab.eval.evaluate import evaluate_samples
+        from genlab.eval.scores import evaluate_samples
     except ImportError:
-        return {"evaluator": {"name": "pixel-FD fallback (genlab.eval.evaluate missing)"}, "fd": _pixel_fd(samples),
+        return {"evaluator": {"name": "pixel-FD fallback (genlab.engine.evaluate missing)"}, "fd": _pixel_fd(samples),
                 "n_samples": len(samples)}
     return evaluate_samples(samples, DIGITS, seed=seed)
 
@@ -252,9 +252,9 @@ def genlab_config(config: Path, budget: float | None, ckpt_every: int, device: t
 
 
 def train_genlab(cfg, run_dir: Path) -> dict:
-    """Run genlab.train.train; every checkpoint is a snapshot timed by its JSON's mtime (written last)."""
-    from genlab.runs import CHECKPOINTS, CONFIG_YAML
-    from genlab.train import train
+    """Run genlab.engine.trainer.train; every checkpoint is a snapshot timed by its JSON's mtime (written last)."""
+    from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML
+    from genlab.engine.trainer import train
 
     t0 = time.time()  # wall clock, comparable with file mtimes
     train(cfg, run_dir)
@@ -291,7 +291,7 @@ def warm_up_and_count(cfg, device: torch.device, seed: int) -> dict:
     ref_step = lambda: reference_loss(unet, scheduler, x_ref, g).backward()  # noqa: E731
     model = build_model(cfg.family, cfg.model, DataInfo.of(data), cfg.optim).to(device)
     batch = StepBatches(data, cfg.optim.batch_size, cfg.seed).batch(0)
-    batch = {**batch, "x": batch["x"].to(device), "y": batch["y"].to(device)}
+    batch.x, batch.y = batch.x.to(device), batch.y.to(device)
 
     def genlab_step() -> None:
         with warnings.catch_warnings():  # training_step's self.log outside a Trainer only warns
@@ -349,7 +349,7 @@ def equal_precision_rates(cfg, device: torch.device, seed: int, repeats: int) ->
             torch.manual_seed(seed)
             model = build_model(cfg.family, cfg.model, DataInfo.of(data), cfg.optim).to(device)
         batch = StepBatches(data, cfg.optim.batch_size, cfg.seed).batch(0)
-        batch = {**batch, "x": batch["x"].to(device), "y": batch["y"].to(device)}
+        batch.x, batch.y = batch.x.to(device), batch.y.to(device)
         genlab_step = genlab_train_step(model, batch, bf16=name == "bf16")  # the trainer's AdamW
 
         flops = {"reference": count_flops(ref_step), "genlab": count_flops(genlab_step)}
@@ -435,7 +435,7 @@ MEMORY_METHOD = (f"peak RSS (Linux VmHWM) of a fresh child process per recipe th
 def memory_probe(which: str, config: Path, seed: int, device: torch.device) -> dict:
     """In a child process: import what both recipes need, then train `which` a few steps inside PeakMemory."""
     import diffusers.training_utils  # noqa: F401  (both recipes' imports come before the baseline)
-    import genlab.train  # noqa: F401
+    import genlab.engine.trainer  # noqa: F401
 
     with PeakMemory(device) as mem:
         if which == "reference":
@@ -560,7 +560,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def score_marks(ref: dict, gen: dict, run_dir: Path, marks: list[float], n: int, seed: int, device: torch.device):
     """FD of the reference's EMA at each mark (diffusers DPM-Solver++) and of genlab's nearest checkpoint."""
-    from genlab.runs import load_run_model
+    from genlab.engine.runs import load_run_model
 
     ref_marks, gen_marks = [], []
     for mark, snap in ref["snapshots"]:
@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     genlab_t = time_to_fd([(m["time_s"], m["fd"]) for m in gen_marks], target)
 
     print("sampling sweep ...", flush=True)
-    from genlab.runs import load_run_model
+    from genlab.engine.runs import load_run_model
 
     final_ref = ref["final"]
     std = float(load_dataset(DIGITS, "train").x.std())

@@ -1,6 +1,8 @@
 """Typed errors. Every error a user can cause is one of these, with a one-line message
 that names the problem and the fix; the CLI prints it and exits with code 2."""
 
+import difflib
+
 
 class GenlabError(Exception):
     """Base class of every error caused by user input (bad config, data, checkpoint...)."""
@@ -34,8 +36,6 @@ def printable(name) -> str:
 
 def did_you_mean(name: str, choices) -> str:
     """Return ' (did you mean "x"?)' for the closest choice, or '' when nothing is close."""
-    import difflib
-
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
     return f' (did you mean "{close[0]}"?)' if close else ""
 

@@ -59,14 +59,14 @@ def genlab_argv(*args: str) -> list[str]:
 
 def tiny_config(path: Path, *overrides: str):
     """The config at `path` with the TINY overrides, then `overrides`."""
-    from genlab.config import load_config
+    from genlab.engine.config import load_config
 
     return load_config(path, [*TINY, *overrides])
 
 
 def train_tiny(path: Path, out: Path, *overrides: str, resume: bool = False) -> Path:
     """Train (or resume) a tiny run of the config at `path` into `out`, in this process."""
-    from genlab.train import train
+    from genlab.engine.trainer import train
 
     return train(tiny_config(path, *overrides), out, resume=resume)
 

@@ -19,7 +19,7 @@ import sys
 
 # Everything `genlab train` imports, before the first fork; nothing here starts a thread.
 import genlab.cli
-import genlab.train  # noqa: F401  (torch, Lightning, every genlab module the trainer uses)
+import genlab.engine.trainer  # noqa: F401  (torch, Lightning, every genlab module the trainer uses)
 import torch.utils.tensorboard  # noqa: F401  (Lightning's TensorBoard logger imports it on first use: 1 s)
 
 

@@ -1,5 +1,5 @@
-"""Tests of genlab.checkpoint (exact round trips, atomicity, corruption handling, Lightning
-plug-in) and genlab.runlock (exclusive, released when the holder dies)."""
+"""Tests of genlab.engine.checkpoint (exact round trips, atomicity, corruption handling, Lightning
+plug-in) and genlab.engine.runlock (exclusive, released when the holder dies)."""
 
 from __future__ import annotations
 
@@ -20,22 +20,22 @@ import pytest
 import torch
 from torch import nn
 
-from genlab import checkpoint as ckpt
-from genlab.checkpoint import (
+from genlab.engine import checkpoint as ckpt
+from genlab.engine import state_codec
+from genlab.engine.state_codec import flatten_state, unflatten_state
+from genlab.engine.checkpoint import (
     SafeCheckpointIO,
     checkpoint_name,
     checkpoint_paths,
-    flatten_state,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     load_tensors,
     prune_checkpoints,
     save_checkpoint,
-    unflatten_state,
 )
 from genlab.errors import CheckpointError, RunLockedError
-from genlab.runlock import RunLock
+from genlab.engine.runlock import RunLock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def assert_same(a, b, path="<root>"):
         for i, (x, y) in enumerate(zip(a, b)):
             assert_same(x, y, f"{path}/{i}")
     elif isinstance(a, float):
-        assert ckpt._float_bits(a) == ckpt._float_bits(b), path
+        assert state_codec._float_bits(a) == state_codec._float_bits(b), path
     else:
         assert a == b, path
 
@@ -416,7 +416,7 @@ def test_run_lock_never_writes_through_a_planted_link(tmp_path):
 def test_run_lock_held_by_killed_child_is_released(tmp_path):
     run = tmp_path / "run"
     code = (
-        "import sys, time\nfrom genlab.runlock import RunLock\n"
+        "import sys, time\nfrom genlab.engine.runlock import RunLock\n"
         f"lock = RunLock({str(run)!r}).acquire()\nprint('locked', flush=True)\ntime.sleep(60)\n"
     )
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}

@@ -23,7 +23,7 @@ from conftest import (DIGITS_CONFIG, GAUSS_CONFIG, TINY, TINY_UNET, copy_run, fo
                       genlab_env, one_thread, train_tiny)
 from genlab.cli import main
 from genlab.diffusion.samplers import SAMPLERS
-from genlab.runs import CHECKPOINTS, CONFIG_YAML
+from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -334,7 +334,7 @@ def test_resume_refuses_non_trainer_overrides(victim, cli):
 
 
 def test_run_in_use_by_another_writer(victim, cli):
-    from genlab.runlock import RunLock
+    from genlab.engine.runlock import RunLock
 
     with RunLock(victim):
         before = folder_digest(victim)
@@ -476,9 +476,9 @@ def test_bad_eval_arguments(victim, tmp_path, cli):
 def test_batch_too_large_for_the_memory_is_refused_before_allocating(victim, tmp_path, cli, monkeypatch):
     """On a machine with 64 MiB, batch 1024 of the digits U-Net at 16x16 is refused from one example's
     measured activations (about 1 MiB each): one line, before training and before the run folder is written."""
-    import genlab.memory
+    import genlab.engine.memory
 
-    monkeypatch.setattr(genlab.memory, "device_memory", lambda accelerator="cpu": (64 * 2**20, "machine"))
+    monkeypatch.setattr(genlab.engine.memory, "device_memory", lambda accelerator="cpu": (64 * 2**20, "machine"))
     args = [DIGITS_CONFIG, *TINY, "optim.batch_size=1024"]
     assert_train_error(cli, args, ["micro-batch of 1024 examples", "more than the machine's 64.0 MiB",
                                    "lower optim.batch_size"], tmp_path / "fresh", victim)

@@ -20,9 +20,10 @@ import yaml
 
 from conftest import GAUSS_CONFIG, folder_digest, genlab_cmd, one_thread
 from genlab.errors import ConfigError
-from genlab.eval import compare as C
-from genlab.eval.conclusions import Summary, conclusions, label, metric_names, welch_p
-from genlab.eval.report import read_results_csv
+from genlab.experiments.compare import execute as C
+from genlab.experiments.compare import settings as S
+from genlab.experiments.compare.conclusions import Summary, conclusions, label, metric_names, welch_p
+from genlab.experiments.compare.report import read_results_csv
 
 SEEDS = 2
 BUDGET = 1.0  # seconds of training per run
@@ -55,11 +56,11 @@ def config_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def tiny_settings(out: Path, config_dir: Path, **changes) -> C.CompareSettings:
+def tiny_settings(out: Path, config_dir: Path, **changes) -> S.CompareSettings:
     base = dict(data="8gaussians", families=FAMILIES, seeds=SEEDS, out=out, config_dir=config_dir,
                 budget_seconds=BUDGET, n=400, nll_n=16, samplers=("euler", "dpmpp-2m"), steps_grid=(2, 4),
                 isolate=False)
-    return C.CompareSettings(**{**base, **changes})
+    return S.CompareSettings(**{**base, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -277,21 +278,21 @@ def test_bits_per_dim_are_ranked_only_within_one_unit():
     ("rbm", "image", {}, "binarised pixels"), ("rbm", "vector", {}, "continuous density"),
     ("dbn", "image", {}, "binarised pixels"), ("gan", "image", {}, None)])
 def test_each_family_says_what_its_bits_per_dim_are_bits_of(family, kind, model_overrides, unit):
-    from genlab.config import load_config
-    from genlab.models import build_model
-    from genlab.models.base import DataInfo
+    from genlab.engine.config import load_config
+    from genlab.models.registry import build_model
+    from genlab.data.base import DataInfo
 
-    config = C.default_config_dir() / f"{'digits' if kind == 'image' else '8gaussians'}-{family}.yaml"
+    config = S.default_config_dir() / f"{'digits' if kind == 'image' else '8gaussians'}-{family}.yaml"
     cfg = load_config(config, [f"model.{k}={v}" for k, v in model_overrides.items()])
     info = DataInfo((1, 8, 8), "image", 10, 0.5) if kind == "image" else DataInfo((2,), "vector", 8, 1.0)
     assert build_model(family, cfg.model, info, cfg.optim).likelihood_unit == unit
 
 
 def test_a_run_covering_fewer_than_three_classes_or_modes_diverged():
-    from genlab.eval.scoring import divergence
+    from genlab.experiments.compare.scoring import divergence
 
     def run(**kw):
-        return C.RunResult("x", 0, "f", "ok", n_scored=1000, **kw)
+        return S.RunResult("x", 0, "f", "ok", n_scored=1000, **kw)
 
     assert divergence(run(class_counts=[100] * 10), 0, True) is None
     assert divergence(run(class_counts=[991, 3, 3, 3] + [0] * 6), 0, True) == "covers only 1 class"
@@ -317,17 +318,17 @@ def test_welch_p_from_summaries_equals_the_test_on_the_raw_values():
 
 @pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("10m", 600), ("1h", 3600), ("1.5m", 90)])
 def test_parse_budget(text, seconds):
-    assert C.parse_budget(text) == seconds
+    assert S.parse_budget(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["abc", "0", "-1m", "10x", "nan", ""])
 def test_parse_budget_refuses_nonsense(text):
     with pytest.raises(ConfigError, match="--budget"):
-        C.parse_budget(text)
+        S.parse_budget(text)
 
 
 def test_training_clock_leaves_paused_time_out():
-    from genlab.train import TrainingClock
+    from genlab.engine.trainer import TrainingClock
 
     now = [100.0]
     clock = TrainingClock(now=lambda: now[0])
@@ -343,28 +344,28 @@ def test_training_clock_leaves_paused_time_out():
 
 def test_budget_overrides_match_the_budget(tmp_path):
     by_time = tiny_settings(tmp_path, tmp_path, budget_seconds=600.0)
-    assert C.budget_overrides(by_time, 64) == [f"trainer.max_steps={C.MAX_STEPS}", "trainer.max_time=600",
-                                               f"eval.every_seconds={600 / C.CURVE_POINTS:g}"]
+    assert S.budget_overrides(by_time, 64) == [f"trainer.max_steps={S.MAX_STEPS}", "trainer.max_time=600",
+                                               f"eval.every_seconds={600 / S.CURVE_POINTS:g}"]
     by_images = tiny_settings(tmp_path, tmp_path, budget_seconds=None, budget_images=1000)
     steps = math.ceil(1000 / 64)
-    assert C.budget_overrides(by_images, 64) == [f"trainer.max_steps={steps}", f"eval.every={steps // C.CURVE_POINTS}",
+    assert S.budget_overrides(by_images, 64) == [f"trainer.max_steps={steps}", f"eval.every={steps // S.CURVE_POINTS}",
                                                  "trainer.max_time=null"]
 
 
 def test_family_config_falls_back_to_the_config_of_the_data_kind(tmp_path):
     (tmp_path / "8gaussians-gan.yaml").write_text("family: gan\n")
     (tmp_path / "25gaussians-gan.yaml").write_text("family: gan\n")
-    assert C.family_config("gan", "25gaussians", tmp_path) == (tmp_path / "25gaussians-gan.yaml", ())
-    assert C.family_config("gan", "moons", tmp_path) == (tmp_path / "8gaussians-gan.yaml", ("data.name=moons",))
-    assert C.family_config("vae", "folder:/x/y", tmp_path) == (tmp_path / "digits-vae.yaml", ("data.name=folder:/x/y",))
+    assert S.family_config("gan", "25gaussians", tmp_path) == (tmp_path / "25gaussians-gan.yaml", ())
+    assert S.family_config("gan", "moons", tmp_path) == (tmp_path / "8gaussians-gan.yaml", ("data.name=moons",))
+    assert S.family_config("vae", "folder:/x/y", tmp_path) == (tmp_path / "digits-vae.yaml", ("data.name=folder:/x/y",))
 
 
 def test_a_crashing_training_process_is_one_line_of_error(tmp_path, config_dir):
     """A run trained in its own `genlab train` process: its failure comes back as the process's error line."""
-    plan = C.plan_runs(tiny_settings(tmp_path / "out", config_dir, families=("gan",), seeds=1))[0]
+    plan = S.plan_runs(tiny_settings(tmp_path / "out", config_dir, families=("gan",), seeds=1))[0]
     error = C.train_run(plan, isolate=True)
     assert error is not None and "no-such-folder" in error and "\n" not in error
-    assert "error:" in (plan.folder / C.TRAIN_LOG).read_text()
+    assert "error:" in (plan.folder / S.TRAIN_LOG).read_text()
 
 
 @pytest.mark.slow

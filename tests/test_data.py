@@ -43,7 +43,7 @@ def test_digits_shape_range_labels(digits_splits):
     train, test = digits_splits
     assert len(train) + len(test) == N_DIGITS
     for data in (train, test):
-        assert data.kind == "image" and data.shape == (1, 16, 16) and data.x.dtype == torch.float32
+        assert data.modality == "image" and data.shape == (1, 16, 16) and data.x.dtype == torch.float32
         assert data.x.min() >= -1.0 and data.x.max() <= 1.0
         assert data.x.min() == -1.0  # background is 0 -> -1 and stays so after bicubic + clamp
         assert data.num_classes == 10 and data.class_names == tuple("0123456789")
@@ -105,7 +105,7 @@ def test_mixture_modes_balanced_and_tight(name):
     data = load_dataset(DataSpec(name=name, n=20_000))
     modes, std = data.modes, data.mode_std
     m = len(modes)
-    assert data.kind == "vector" and data.shape == (2,) and data.num_classes == m
+    assert data.modality == "vector" and data.shape == (2,) and data.num_classes == m
     dist = torch.cdist(data.x, modes)  # (N, M)
     nearest = dist.argmin(dim=1)
     # Modes are far apart, so the nearest centre is the component that was drawn.
@@ -340,8 +340,8 @@ def test_dataspec_validation():
 
 def test_tensordata_checks_its_contract():
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
-        TensorData(x=torch.full((2, 1, 4, 4), 2.0), y=None, kind="image", name="bad")
+        TensorData(x=torch.full((2, 1, 4, 4), 2.0), y=None, modality="image", name="bad")
     with pytest.raises(ValueError, match="int64"):
-        TensorData(x=torch.zeros(3, 2), y=torch.zeros(3), kind="vector", name="bad")
-    data = TensorData(x=torch.zeros(3, 2), y=torch.tensor([0, 1, 1]), kind="vector", name="ok")
+        TensorData(x=torch.zeros(3, 2), y=torch.zeros(3), modality="vector", name="bad")
+    data = TensorData(x=torch.zeros(3, 2), y=torch.tensor([0, 1, 1]), modality="vector", name="ok")
     assert data.num_classes == 2 and data.shape == (2,) and len(data) == 3

@@ -19,7 +19,8 @@ from genlab.eval import cache
 from genlab.eval import features as F
 from genlab.eval import metrics as M
 from genlab.eval import toy as T
-from genlab.eval.evaluate import append_metrics_csv, evaluate_samples
+from genlab.engine.evaluate import append_metrics_csv
+from genlab.eval.scores import evaluate_samples
 
 DIGITS = DataSpec(name="digits")
 # A cheap recipe for the cache tests: what is checked is the cache, not the accuracy.
@@ -430,7 +431,7 @@ def test_cli_bad_npz_exits_2(digits, tmp_path, capsys, case):
         path = tmp_path / "bad.npy"
         np.save(path, x)
     with pytest.raises(DataError):
-        from genlab.eval.command import load_samples_npz
+        from genlab.engine.evaluate import load_samples_npz
 
         samples = load_samples_npz(path)
         evaluate_samples(samples, DIGITS)  # shape / range / NaN checks

@@ -20,20 +20,20 @@ import torch
 from conftest import CONFIGS, genlab_cmd, one_thread
 from test_train import assert_same_training_state, latest
 
-from genlab.checkpoint import load_checkpoint
-from genlab.config import load_config
+from genlab.engine.checkpoint import load_checkpoint
+from genlab.engine.config import load_config
 from genlab.data import load_dataset
 from genlab.data.base import DataSpec
 from genlab.data.batches import StepBatches
 from genlab.errors import ConfigError
-from genlab.eval.evaluate import evaluate_samples
-from genlab.models import build_model
-from genlab.models.base import DataInfo
+from genlab.eval.scores import evaluate_samples
+from genlab.models.registry import build_model
+from genlab.data.base import DataInfo
 from genlab.models.gan import GANModel, d_loss_hinge, d_loss_nonsaturating, r1_penalty
 from genlab.models.specs import GANSpec
 from genlab.nn import DCGANDiscriminator, MLPDiscriminator
-from genlab.runs import CONFIG_YAML, load_run_model
-from genlab.train import train
+from genlab.engine.runs import CONFIG_YAML, load_run_model
+from genlab.engine.trainer import train
 
 GAUSS_GAN = CONFIGS / "8gaussians-gan.yaml"
 DIGITS_GAN = CONFIGS / "digits-gan.yaml"
@@ -61,7 +61,7 @@ def gan_run(config: Path, out: Path, *overrides: str, resume: bool = False) -> P
 def vector_model(*, class_cond: bool = False, **spec) -> GANModel:
     """An MLP GAN on 2-D data with 8 classes, built with a fixed seed."""
     torch.manual_seed(0)
-    info = DataInfo(shape=(2,), kind="vector", num_classes=8, std=1.0)
+    info = DataInfo(shape=(2,), modality="vector", num_classes=8, std=1.0)
     return build_model("gan", GANSpec(net="mlp", hidden=16, depth=2, latent_dim=4, class_cond=class_cond, **spec),
                        info, load_config(GAUSS_GAN).optim)
 
@@ -251,8 +251,8 @@ def test_batch_8_equals_8_micro_batches_of_1(r1_gamma):
     def grads(batch: dict) -> list[torch.Tensor]:
         model.zero_grad(set_to_none=True)
         z_d, z_g = model.training_latents(batch)
-        y = model.conditioning(batch["y"])
-        d_loss, _ = model.discriminator_loss(batch["x"], y, z_d)
+        y = model.conditioning(batch.y)
+        d_loss, _ = model.discriminator_loss(batch.x, y, z_d)
         (d_loss.mean() + model.generator_loss(y, z_g).mean()).backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
@@ -386,7 +386,7 @@ def test_8gaussians_default_config_covers_every_mode(tmp_path):
 def test_digits_short_run_draws_every_class_near_the_floor(tmp_path):
     """A third of the digits default (1000 steps) scores FD within 6x the real-data floor (measured: ~3.5x;
     an untrained G scores over 25x) and the evaluator's classifier finds every digit class."""
-    from genlab.eval.evaluate import evaluate_run
+    from genlab.engine.evaluate import evaluate_run
 
     out = gan_run(DIGITS_GAN, tmp_path / "run", "trainer.progress=false", "trainer.max_steps=1000")
     result = evaluate_run(out, n=2000, plot=False)

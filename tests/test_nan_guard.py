@@ -17,13 +17,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from conftest import GAUSS_CONFIG, one_thread, tiny_config
-from genlab.checkpoint import flatten_state, list_checkpoints, load_checkpoint
-from genlab.config import load_config
+from genlab.engine.checkpoint import flatten_state, list_checkpoints, load_checkpoint
+from genlab.engine.config import load_config
 from genlab.errors import TrainingError
 from genlab.models.base import all_finite, lr_multiplier
-from genlab.runlock import RunLock
-from genlab.runs import CHECKPOINTS, CONFIG_YAML
-from genlab.train import train
+from genlab.engine.runlock import RunLock
+from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML
+from genlab.engine.trainer import train
 
 NAN = float("nan")
 # Every step checkpointed and kept; a warm-up, so that the learning rate differs from step to step.
@@ -46,7 +46,7 @@ class InjectNaN(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step + 1 in self.batch:
-            batch["x"][0, 0] = NAN
+            batch.x[0, 0] = NAN
 
     def on_after_backward(self, trainer, pl_module) -> None:
         if trainer.global_step + 1 in self.grad:
@@ -159,7 +159,7 @@ def test_a_run_that_stays_nan_stops_with_a_clear_error(case, tmp_path):
 
 def test_manual_optimisation_families_are_guarded_too(tmp_path, monkeypatch):
     """A family stepping its own optimiser (as the GAN does) is guarded through Lightning's hooks alone."""
-    import genlab.train
+    import genlab.engine.trainer
     from genlab.models.diffusion import DiffusionModel
 
     class ManualDiffusion(DiffusionModel):
@@ -178,7 +178,7 @@ def test_manual_optimisation_families_are_guarded_too(tmp_path, monkeypatch):
             self.lr_schedulers().step()
             return loss
 
-    monkeypatch.setattr(genlab.train, "build_model", lambda family, *args: ManualDiffusion(*args))
+    monkeypatch.setattr(genlab.engine.trainer, "build_model", lambda family, *args: ManualDiffusion(*args))
     states = guarded_run(tmp_path / "run", 5, InjectNaN(grad=[3]))
     assert same_tensors(states[3]["state_dict"], states[2]["state_dict"])
     assert same_tensors(moments(states[3]), moments(states[2]))

@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import CONFIGS, one_thread
 
-from genlab.config import OptimSpec, load_config
+from genlab.engine.config import OptimSpec, load_config
 from genlab.errors import ConfigError
-from genlab.models.base import DataInfo
+from genlab.data.base import DataInfo
 from genlab.models.pixelcnn import PixelCNNModel
 from genlab.models.specs import PixelCNNSpec
 from genlab.nn.distributions import (
@@ -355,14 +355,14 @@ def test_sampling_options_follow_class_conditioning():
 
 def train_pixelcnn(config, out, *overrides: str, resume: bool = False):
     """Train (or resume) the config with the tiny overrides, in this process."""
-    from genlab.train import train
+    from genlab.engine.trainer import train
 
     extra = TINY_PIXELCNN if config == DIGITS_PIXELCNN else ["trainer.progress=false", "trainer.sample_n=16"]
     return train(load_config(config, [*extra, *overrides]), out, resume=resume)
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    from genlab.checkpoint import flatten_state, latest_checkpoint, load_checkpoint
+    from genlab.engine.checkpoint import flatten_state, latest_checkpoint, load_checkpoint
 
     straight = train_pixelcnn(DIGITS_PIXELCNN, tmp_path / "straight", "trainer.max_steps=4")
     resumed = train_pixelcnn(DIGITS_PIXELCNN, tmp_path / "resumed", "trainer.max_steps=2")
@@ -377,7 +377,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_batch_8_equals_8_accumulated_micro_batches_of_1(tmp_path):
-    from genlab.checkpoint import latest_checkpoint, load_tensors
+    from genlab.engine.checkpoint import latest_checkpoint, load_tensors
 
     finals = []
     for name, extra in (("big", []), ("accum", ["optim.accumulate=8"])):
@@ -397,7 +397,7 @@ def gaussian_fit_bits_per_dim(x: torch.Tensor) -> float:
 @pytest.mark.slow
 def test_8gaussians_default_beats_a_gaussian_and_covers_every_mode(tmp_path):
     from genlab.data import load_dataset
-    from genlab.eval.evaluate import evaluate_run
+    from genlab.engine.evaluate import evaluate_run
 
     cfg = load_config(GAUSS_PIXELCNN)
     run = train_pixelcnn(GAUSS_PIXELCNN, tmp_path / "run")
@@ -411,8 +411,8 @@ def test_8gaussians_default_beats_a_gaussian_and_covers_every_mode(tmp_path):
 @pytest.mark.slow
 def test_digits_small_budget_beats_uniform_bits_and_covers_classes(tmp_path):
     """1000 steps of the default network: held-out bits/dim far below the uniform 8, most classes sampled."""
-    from genlab.eval.evaluate import evaluate_run
-    from genlab.train import train
+    from genlab.engine.evaluate import evaluate_run
+    from genlab.engine.trainer import train
 
     run = train(load_config(DIGITS_PIXELCNN, ["trainer.max_steps=1000", "trainer.progress=false",
                                               "trainer.sample_every=100000"]), tmp_path / "run")

@@ -20,7 +20,8 @@ from conftest import CONFIGS, genlab_cmd, one_thread
 from genlab.boltzmann.ais import (ais_betas, ais_log_partition, binary_entropy, dbn_log_likelihood_bound,
                                   log_partition_exact)
 from genlab.boltzmann.gibbs import contrastive_divergence_loss, gibbs_sweeps
-from genlab.nn.rbm import BernoulliRBM, GaussianBernoulliRBM, binary_states
+from genlab.boltzmann.machine import binary_states
+from genlab.nn.rbm import BernoulliRBM, GaussianBernoulliRBM
 
 DIGITS_RBM, DIGITS_DBN = CONFIGS / "digits-rbm.yaml", CONFIGS / "digits-dbn.yaml"
 GAUSS_RBM, GAUSS_DBN = CONFIGS / "8gaussians-rbm.yaml", CONFIGS / "8gaussians-dbn.yaml"
@@ -218,15 +219,15 @@ def tiny_overrides(path: Path, *extra: str) -> list[str]:
 
 def train_tiny(path: Path, out: Path, *extra: str, resume: bool = False) -> Path:
     """Train (or resume) a tiny run of the config at `path` into `out`, in this process."""
-    from genlab.config import load_config
-    from genlab.train import train
+    from genlab.engine.config import load_config
+    from genlab.engine.trainer import train
 
     return train(load_config(path, tiny_overrides(path, *extra)), out, resume=resume)
 
 
 def load_state(run: Path, step: int | None = None) -> dict:
     """The state_dict tensors of a run's latest checkpoint (or of `step`)."""
-    from genlab.checkpoint import latest_checkpoint, load_tensors
+    from genlab.engine.checkpoint import latest_checkpoint, load_tensors
 
     folder = run / "checkpoints"
     return load_tensors(latest_checkpoint(folder) if step is None else folder / f"step-{step:09d}.json",
@@ -239,9 +240,9 @@ def test_resume_equals_uninterrupted_run(path, tmp_path):
     its switch from layer 0 to layer 1 at step 2."""
     from test_train import assert_same_training_state, latest
 
-    from genlab.config import load_config
-    from genlab.runs import CONFIG_YAML
-    from genlab.train import train
+    from genlab.engine.config import load_config
+    from genlab.engine.runs import CONFIG_YAML
+    from genlab.engine.trainer import train
 
     straight = train_tiny(path, tmp_path / "straight", "trainer.max_steps=4")
     out = train_tiny(path, tmp_path / "resumed", "trainer.max_steps=2")
@@ -294,19 +295,19 @@ def rbm_runs(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("path", [DIGITS_RBM, DIGITS_DBN, GAUSS_RBM, GAUSS_DBN],
                          ids=["rbm-digits", "dbn-digits", "rbm-8gaussians", "dbn-8gaussians"])
 def test_sample_and_log_likelihood_of_a_trained_run(path, rbm_runs):
-    from genlab.runs import load_run_model
+    from genlab.engine.runs import load_run_model
 
     model = load_run_model(rbm_runs[path])
     shape = model.info.shape
     x = model.sample(6, generator=torch.Generator().manual_seed(0), steps=3, batch_size=4)
     assert x.shape == (6, *shape) and bool(torch.isfinite(x).all())
     assert torch.equal(x, model.sample(6, generator=torch.Generator().manual_seed(0), steps=3, batch_size=4))
-    if model.info.kind == "image":
+    if model.info.modality == "image":
         assert -1 <= float(x.min()) and float(x.max()) <= 1
     data = torch.rand(5, *shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
     bpd = model.log_likelihood(data, generator=torch.Generator().manual_seed(2))
     assert bpd.shape == (5,) and bpd.dtype == torch.float64 and bool(torch.isfinite(bpd).all())
-    if model.info.kind == "image":  # nats of binary pixels: an RBM that learnt little is near 1 bit/dim
+    if model.info.modality == "image":  # nats of binary pixels: an RBM that learnt little is near 1 bit/dim
         assert bool((bpd > 0).all())
     assert model.network_evaluations(steps=7) == 7 and model.LIKELIHOOD
 
@@ -352,10 +353,10 @@ def test_dbn_warns_when_the_top_layer_would_not_train(tmp_path, caplog):
 def test_dbn_refuses_several_devices_at_fit_start():
     from types import SimpleNamespace
 
-    from genlab.config import load_config
+    from genlab.engine.config import load_config
     from genlab.errors import ConfigError
-    from genlab.models import build_model
-    from genlab.models.base import DataInfo
+    from genlab.models.registry import build_model
+    from genlab.data.base import DataInfo
 
     cfg = load_config(DIGITS_DBN, tiny_overrides(DIGITS_DBN))
     model = build_model("dbn", cfg.model, DataInfo((1, 8, 8), "image", 10, 0.5), cfg.optim)
@@ -377,7 +378,7 @@ def independent_pixel_bits(train_x, test_x) -> float:
 
 def test_a_small_rbm_beats_independent_pixels_on_held_out_digits(tmp_path):
     from genlab.data import load_dataset
-    from genlab.runs import load_run_model
+    from genlab.engine.runs import load_run_model
 
     out = train_tiny(DIGITS_RBM, tmp_path / "run", "model.hidden=64", "optim.batch_size=64", "optim.lr=0.01",
                      "optim.lr_schedule=cosine", "optim.warmup_steps=50", "trainer.max_steps=600",
@@ -392,7 +393,7 @@ def test_a_small_rbm_beats_independent_pixels_on_held_out_digits(tmp_path):
 
 def load_config_data(run: Path):
     """The `data:` section of a run."""
-    from genlab.runs import read_run
+    from genlab.engine.runs import read_run
 
     return read_run(run)[0].data
 
@@ -421,10 +422,10 @@ def single_gaussian_bits(train_x) -> float:
 
 @pytest.mark.slow
 def test_digits_rbm_on_a_small_budget_draws_most_classes_and_beats_independent_pixels(tmp_path):
-    from genlab.config import load_config
+    from genlab.engine.config import load_config
     from genlab.data import load_dataset
-    from genlab.eval.evaluate import evaluate_run
-    from genlab.train import train
+    from genlab.engine.evaluate import evaluate_run
+    from genlab.engine.trainer import train
 
     cfg = load_config(DIGITS_RBM, ["trainer.progress=false", "trainer.max_steps=3000", "trainer.sample_every=100000"])
     result = evaluate_run(train(cfg, tmp_path / "run"), plot=False)
@@ -437,10 +438,10 @@ def test_digits_rbm_on_a_small_budget_draws_most_classes_and_beats_independent_p
 @pytest.mark.parametrize("path, quality", [(GAUSS_RBM, 0.9), (GAUSS_DBN, 0.6)], ids=["rbm", "dbn"])
 def test_8gaussians_default_configs_cover_every_mode(path, quality, tmp_path):
     """Every mode drawn; `quality` of the samples within 3 std of a mode; better bits/dim than one Gaussian."""
-    from genlab.config import load_config
+    from genlab.engine.config import load_config
     from genlab.data import load_dataset
-    from genlab.eval.evaluate import evaluate_run
-    from genlab.train import train
+    from genlab.engine.evaluate import evaluate_run
+    from genlab.engine.trainer import train
 
     cfg = load_config(path, ["trainer.progress=false", "trainer.sample_every=100000"])
     result = evaluate_run(train(cfg, tmp_path / "run"), plot=False)

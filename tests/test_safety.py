@@ -27,14 +27,14 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import GAUSS_CONFIG, REPO, TINY, copy_run, folder_digest, one_thread
-from genlab.checkpoint import checkpoint_paths, latest_checkpoint, load_checkpoint, load_tensors, save_checkpoint
+from genlab.engine.checkpoint import checkpoint_paths, latest_checkpoint, load_checkpoint, load_tensors, save_checkpoint
 from genlab.cli import main
-from genlab.config import build_config, read_yaml
+from genlab.engine.config import build_config, read_yaml
 from genlab.data.base import DataSpec
 from genlab.data.folder import load_folder
 from genlab.errors import CheckpointError, ConfigError, DataError
-from genlab.eval.command import load_samples_npz
-from genlab.runs import CHECKPOINTS, SAMPLES
+from genlab.engine.evaluate import load_samples_npz
+from genlab.engine.runs import CHECKPOINTS, SAMPLES
 from genlab.safepaths import escaping_links, safe_join
 
 # Derandomized: the default suite gives the same verdict on every run (run with more examples to hunt).
@@ -124,8 +124,8 @@ def test_links_inside_a_run_folder_are_allowed(gauss_run, tmp_path):
     (run / SAMPLES).rename(run / "samples-real")
     (run / SAMPLES).symlink_to(run / "samples-real")
     assert escaping_links(run) == []
-    from genlab.config import load_config
-    from genlab.train import train
+    from genlab.engine.config import load_config
+    from genlab.engine.trainer import train
 
     train(load_config(run / "config.yaml", ["trainer.max_steps=4"]), run, resume=True)
     assert (run / "samples-real" / "step-000000004.png").is_file()

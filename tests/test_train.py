@@ -20,12 +20,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from conftest import GAUSS_CONFIG, TINY, genlab_argv, genlab_cmd, genlab_env, one_thread, tiny_config, train_tiny
-from genlab.checkpoint import flatten_state, list_checkpoints, load_checkpoint
-from genlab.config import load_config
+from genlab.engine.checkpoint import flatten_state, list_checkpoints, load_checkpoint
+from genlab.engine.config import load_config
 from genlab.data.base import TensorData
-from genlab.data.batches import StepBatches, batch_rows, step_indices
-from genlab.runs import CHECKPOINTS, CONFIG_YAML, SAMPLES
-from genlab.train import train
+from genlab.data.batches import StepBatches, step_indices
+from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML, SAMPLES
+from genlab.engine.trainer import train
 
 RESUME_STEPS, STOP_STEP = 8, 4
 # What must survive an interruption bit for bit (EMA weights live in state_dict as ema_net.*).
@@ -225,7 +225,7 @@ def test_ddp_spawn_on_cpu_trains_and_checkpoints(tmp_path):
 @pytest.mark.slow
 def test_8gaussians_default_config_covers_every_mode(tmp_path):
     from genlab.data.toys import TOYS
-    from genlab.runs import load_run_model
+    from genlab.engine.runs import load_run_model
 
     cfg = load_config(GAUSS_CONFIG, ["trainer.progress=false"])
     out = train(cfg, tmp_path / "run")
@@ -244,13 +244,13 @@ def test_8gaussians_default_config_covers_every_mode(tmp_path):
 
 def _indexed_data(n: int) -> TensorData:
     """n vectors whose single feature is their own index, so a batch shows which examples it holds."""
-    return TensorData(x=torch.arange(n, dtype=torch.float32)[:, None], y=None, kind="vector", name="indexed")
+    return TensorData(x=torch.arange(n, dtype=torch.float32)[:, None], y=None, modality="vector", name="indexed")
 
 
 def test_every_shipped_config_builds_its_model():
     from genlab.data import load_dataset
-    from genlab.models import build_model
-    from genlab.models.base import DataInfo
+    from genlab.models.registry import build_model
+    from genlab.data.base import DataInfo
 
     configs = sorted((GAUSS_CONFIG.parent).glob("*.yaml"))
     assert len(configs) >= 13
@@ -261,7 +261,7 @@ def test_every_shipped_config_builds_its_model():
 
 
 def test_dit_config_trains_and_samples(tmp_path):
-    from genlab.runs import load_run_model
+    from genlab.engine.runs import load_run_model
 
     out = train_tiny(GAUSS_CONFIG.parent / "digits-dit.yaml", tmp_path / "dit", "model.dit.hidden=16",
                      "model.dit.depth=1", "model.dit.num_heads=2", "data.resolution=8", "trainer.max_steps=3")
@@ -277,9 +277,9 @@ def test_step_indices_are_a_pure_function_of_seed_and_step():
     assert not torch.equal(step_indices(100, 32, 7, 5), step_indices(100, 32, 7, 6))
     data = _indexed_data(100)
     stream = iter(StepBatches(data, 32, seed=7))
-    from_zero = [next(stream)["x"] for _ in range(6)]
+    from_zero = [next(stream).x for _ in range(6)]
     resumed = next(iter(StepBatches(data, 32, seed=7, start_step=5)))
-    assert torch.equal(resumed["x"], from_zero[5])
+    assert torch.equal(resumed.x, from_zero[5])
 
 
 @pytest.mark.parametrize("n, batch", [(96, 32), (100, 32), (7, 7)])
@@ -299,17 +299,17 @@ def test_rank_and_micro_batches_partition_the_global_batch(world_size, accumulat
     for step in (0, 3, 4):  # 3 -> 4 crosses an epoch boundary (100 / 32)
         parts = [StepBatches(data, batch, seed, rank=r, world_size=world_size, accumulate=accumulate).batch(step, m)
                  for r in range(world_size) for m in range(accumulate)]
-        assert all(len(p["x"]) == batch // (world_size * accumulate) for p in parts)
-        assert torch.equal(torch.cat([p["x"] for p in parts]), full.batch(step)["x"])
+        assert all(len(p.x) == batch // (world_size * accumulate) for p in parts)
+        assert torch.equal(torch.cat([p.x for p in parts]), full.batch(step).x)
         # every part draws the step's randomness for the whole global batch and keeps its own rows
-        assert {p["seed"] for p in parts} == {full.batch(step)["seed"]}
-        rows = [batch_rows(p) for p in parts]
+        assert {p.seed for p in parts} == {full.batch(step).seed}
+        rows = [p.rows for p in parts]
         assert [r.start for r in rows] == list(range(0, batch, batch // (world_size * accumulate)))
 
 
 def test_batch_8_equals_8_accumulated_micro_batches_of_1(tmp_path):
     """STYLE.md 12: gradient accumulation is the same optimisation as one big batch."""
-    from genlab.checkpoint import latest_checkpoint, load_tensors
+    from genlab.engine.checkpoint import latest_checkpoint, load_tensors
 
     finals = []
     for name, extra in (("big", []), ("accum", ["optim.accumulate=8"])):
@@ -331,7 +331,7 @@ def test_batches_that_do_not_split_are_refused():
 
 @pytest.mark.parametrize("speedup, chosen", [(3.0, "bf16-mixed"), (0.6, "32")])
 def test_auto_precision_follows_the_measured_bf16_speedup_on_the_cpu(monkeypatch, speedup, chosen):
-    import genlab.precision as P
+    import genlab.engine.precision as P
 
     monkeypatch.setattr(P, "bf16_matmul_speedup", lambda: speedup)
     assert P.resolve_precision("auto", "cpu") == chosen
@@ -349,7 +349,7 @@ class _PrecisionSeen(Callback):
 def test_auto_precision_is_chosen_once_and_kept_by_the_run(tmp_path, monkeypatch):
     """A new run measures and writes its choice into config.yaml; resuming keeps it, even on a machine
     (here: a measurement) that would choose otherwise, and even when asked for "auto" again."""
-    import genlab.precision as P
+    import genlab.engine.precision as P
 
     out = tmp_path / "run"
     monkeypatch.setattr(P, "bf16_matmul_speedup", lambda: 3.0)

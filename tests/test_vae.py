@@ -25,17 +25,17 @@ from PIL import Image
 from torch import nn
 
 from conftest import CONFIGS, one_thread
-from genlab.checkpoint import flatten_state, latest_checkpoint, load_checkpoint, load_tensors
+from genlab.engine.checkpoint import flatten_state, latest_checkpoint, load_checkpoint, load_tensors
 from genlab.cli import main
-from genlab.config import OptimSpec, load_config
+from genlab.engine.config import OptimSpec, load_config
 from genlab.errors import ConfigError
-from genlab.eval.interpolate import image_scale, interpolate_latents, lerp, slerp, strip_columns, strip_images
-from genlab.models.base import DataInfo
+from genlab.engine.interpolate import image_scale, interpolate_latents, lerp, slerp, strip_columns, strip_images
+from genlab.data.base import DataInfo
 from genlab.models.specs import VAESpec
 from genlab.models.vae import LIKELIHOODS, VAEModel, gaussian_kl, iwae_bound, kl_weight
 from genlab.nn.likelihoods import discretized_logistic_log_prob, normal_log_prob, quantize
-from genlab.runs import CHECKPOINTS, CONFIG_YAML
-from genlab.train import train
+from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML
+from genlab.engine.trainer import train
 
 DIGITS_VAE, GAUSS_VAE = CONFIGS / "digits-vae.yaml", CONFIGS / "8gaussians-vae.yaml"
 # Tiny runs: milliseconds per step, no sample grid but the final one.
@@ -299,7 +299,7 @@ def test_slerp_and_linear_hit_their_ends_and_slerp_keeps_the_radius():
 
 def test_interpolation_rows_end_at_the_encodings_of_the_real_examples(digits_vae):
     from genlab.data import load_dataset
-    from genlab.runs import load_run_model, read_run
+    from genlab.engine.runs import load_run_model, read_run
 
     model = load_run_model(digits_vae)
     ends = load_dataset(read_run(digits_vae)[0].data, "test").x[:6].reshape(3, 2, 1, 8, 8)
@@ -315,7 +315,7 @@ def test_interpolation_rows_end_at_the_encodings_of_the_real_examples(digits_vae
 
 def test_a_family_without_encoder_interpolates_between_prior_draws(digits_vae):
     """The GAN's face (prior and decode, no encode): rows of `steps` decoded points between prior draws."""
-    from genlab.runs import load_run_model
+    from genlab.engine.runs import load_run_model
 
     vae = load_run_model(digits_vae)
 
@@ -383,8 +383,9 @@ def test_sample_and_eval_commands_work_for_the_family(digits_vae, tmp_path, caps
 
 
 def _score_8gaussians(run: Path) -> dict:
-    from genlab.eval.evaluate import evaluate_samples, held_out_bits_per_dim
-    from genlab.runs import load_run_model, read_run
+    from genlab.eval.scores import evaluate_samples
+    from genlab.engine.evaluate import held_out_bits_per_dim
+    from genlab.engine.runs import load_run_model, read_run
 
     model, cfg = load_run_model(run), read_run(run)[0]
     result = evaluate_samples(model.sample(2000, generator=torch.Generator().manual_seed(0)), cfg.data)
@@ -417,7 +418,7 @@ def test_default_8gaussians_config_beats_thresholds(tmp_path):
 def test_default_digits_config_beats_thresholds(tmp_path):
     """The shipped digits config (seed 0; measured: FD 17.1 against a floor of 4.1, precision 0.63, recall 0.95,
     class KL 0.095, 4.13 bits/dim; a uniform model scores 8 bits/dim)."""
-    from genlab.eval.evaluate import evaluate_run
+    from genlab.engine.evaluate import evaluate_run
 
     out = train(load_config(DIGITS_VAE, ["trainer.progress=false"]), tmp_path / "run")
     result = evaluate_run(out, n=400, plot=False, nll_n=100)

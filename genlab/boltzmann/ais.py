@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-if TYPE_CHECKING:  # layer 1 needs only the RBM's methods (genlab/nn/rbm.py), not the import
-    from genlab.nn.rbm import RBM
+from genlab.boltzmann.machine import RBMLike, binary_states
 
 # Salakhutdinov & Murray 2008 (Sec. 5) anneal with 500 betas on [0, 0.5], 4,000 on [0.5, 0.9] and
 # 10,000 on [0.9, 1]: most of the steps where the distributions change fastest.
@@ -53,7 +51,7 @@ def ais_betas(k: int) -> Tensor:
 
 
 @torch.no_grad()
-def ais_log_partition(rbm: RBM, betas: Tensor, runs: int, generator: torch.Generator | None = None) -> AISEstimate:
+def ais_log_partition(rbm: RBMLike, betas: Tensor, runs: int, generator: torch.Generator | None = None) -> AISEstimate:
     """Estimate log Z of an RBM by annealed importance sampling (Neal 2001; Salakhutdinov & Murray 2008, Sec. 3).
 
     The path p*_k(v) = exp(-(1 - beta_k) V_A(v) - beta_k V(v)) prod_j (1 + exp(beta_k a_j(v))), a = c + v'^T W
@@ -94,7 +92,7 @@ def ais_log_partition(rbm: RBM, betas: Tensor, runs: int, generator: torch.Gener
 
 
 @torch.no_grad()
-def log_partition_exact(rbm: RBM, chunk: int = 4096) -> float:
+def log_partition_exact(rbm: RBMLike, chunk: int = 4096) -> float:
     """log Z = log sum_h exp(c^T h) sum_v exp(-V(v) + v'^T W h), enumerating the 2^H hidden states.
 
     The inner sum over v is closed-form (`log_visible_partition`): a product of Bernoulli sums, or
@@ -102,8 +100,6 @@ def log_partition_exact(rbm: RBM, chunk: int = 4096) -> float:
     """
     if rbm.hidden > MAX_EXACT_HIDDEN:
         raise ValueError(f"exact enumeration of 2^{rbm.hidden} hidden states is too costly; use AIS")
-    from genlab.nn.rbm import binary_states
-
     states = binary_states(rbm.hidden, rbm.W.dtype).to(rbm.W.device)  # (2^H, H)
     terms = [h @ rbm.c + rbm.log_visible_partition(h) for h in states.split(chunk)]
     return float(torch.logsumexp(torch.cat(terms).double(), 0))
@@ -116,7 +112,7 @@ def binary_entropy(logits: Tensor) -> Tensor:
 
 @torch.no_grad()
 def dbn_log_likelihood_bound(
-    rbms: list[RBM],
+    rbms: list[RBMLike],
     v: Tensor,
     log_z_top: float,
     generator: torch.Generator | None = None,

@@ -7,22 +7,19 @@ depend on how the batch is split across micro-batches or devices.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # layer 1 needs only the RBM's methods (genlab/nn/rbm.py), not the import
-    from genlab.nn.rbm import RBM
+from genlab.boltzmann.machine import RBMLike
 
 
-def sample_hidden(rbm: RBM, v: Tensor, noise: Tensor, beta: float = 1.0) -> Tensor:
+def sample_hidden(rbm: RBMLike, v: Tensor, noise: Tensor, beta: float = 1.0) -> Tensor:
     """h ~ p_beta(h | v), h_j = [u_j < sigmoid(beta (c_j + v'^T W_j))] for uniform noise u (B, H). -> (B, H)."""
     return (noise.to(v.device) < rbm.hidden_probs(v, beta)).to(v.dtype)
 
 
 def random_visible(
-    rbm: RBM, n: int, generator: torch.Generator | None = None, *, rows: slice = slice(None), device=None
+    rbm: RBMLike, n: int, generator: torch.Generator | None = None, *, rows: slice = slice(None), device=None
 ) -> Tensor:
     """Data-free starting states: v ~ p(v | h) for uniformly random hidden states h (draws for n rows, `rows` kept)."""
     h = (torch.rand((n, rbm.hidden), generator=generator)[rows] < 0.5).to(device=device, dtype=rbm.W.dtype)
@@ -30,7 +27,7 @@ def random_visible(
 
 
 def gibbs_sweeps(
-    rbm: RBM,
+    rbm: RBMLike,
     v: Tensor,
     k: int,
     generator: torch.Generator | None = None,
@@ -60,7 +57,7 @@ def gibbs_sweeps(
     return v, h
 
 
-def contrastive_divergence_loss(rbm: RBM, v_data: Tensor, v_model: Tensor) -> Tensor:
+def contrastive_divergence_loss(rbm: RBMLike, v_data: Tensor, v_model: Tensor) -> Tensor:
     """Per-example surrogate F(v_data) - F(sg[v_model]) whose gradient is the CD / PCD estimate. (B,).
 
     For p(v) = exp(-F(v)) / Z, -d log p(v) / d theta = dF(v)/d theta - E_model[dF/d theta], so the

@@ -8,6 +8,7 @@ no loader state and no per-step decoding.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -16,7 +17,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
-KINDS = ("image", "vector")
+#: what one example is: an image (C, H, W) float32 in [-1, 1], a vector (D,) float32, or a token
+#: sequence (T,) int64 ids in [0, vocab_size). Every layer above branches on this one field.
+MODALITIES = ("image", "vector", "tokens")
 SPLITS = ("train", "test")
 
 # The train/test split never depends on the run seed: every family, every seed and the
@@ -35,36 +38,46 @@ class TensorData:
     """A whole dataset split held in memory: examples `x`, optional labels `y`, and metadata.
 
     Args:
-        x: (N, C, H, W) float32 in [-1, 1] for `kind="image"`; (N, D) float32 for `kind="vector"`.
+        x: (N, C, H, W) float32 in [-1, 1] for images; (N, D) float32 for vectors; (N, T) int64
+            token ids in [0, vocab_size) for token sequences.
         y: (N,) int64 class labels in [0, num_classes), or None for unlabelled data.
-        kind: "image" or "vector".
+        modality: one of MODALITIES.
         name: the dataset name as the user wrote it ("digits", "8gaussians", "folder:PATH").
         class_names: names of the classes, index i naming label i (empty when unlabelled).
         modes: (M, D) known mode centres of a toy mixture, None otherwise.
         mode_std: per-coordinate standard deviation of each mode (for mode-coverage metrics).
+        vocab_size: number of token ids (token sequences only).
     """
 
     x: Tensor
     y: Tensor | None
-    kind: str
+    modality: str
     name: str
     class_names: tuple[str, ...] = ()
     modes: Tensor | None = None
     mode_std: float | None = None
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         """Check shapes, dtypes and ranges once, at the boundary, so consumers can trust them."""
-        if self.kind not in KINDS:
-            raise ValueError(f"TensorData.kind must be one of {KINDS}, got {self.kind!r}")
-        want_dim = 4 if self.kind == "image" else 2
+        if self.modality not in MODALITIES:
+            raise ValueError(f"TensorData.modality must be one of {MODALITIES}, got {self.modality!r}")
+        want_dim, want_dtype = {"image": (4, torch.float32), "vector": (2, torch.float32),
+                                "tokens": (2, torch.int64)}[self.modality]
         if self.x.dim() != want_dim:
-            raise ValueError(f"{self.kind} data needs x of dim {want_dim}, got shape {tuple(self.x.shape)}")
-        if self.x.dtype != torch.float32:
-            raise ValueError(f"TensorData.x must be float32, got {self.x.dtype}")
-        if self.kind == "image" and self.x.numel() > 0:
+            raise ValueError(f"{self.modality} data needs x of dim {want_dim}, got shape {tuple(self.x.shape)}")
+        if self.x.dtype != want_dtype:
+            raise ValueError(f"{self.modality} data needs x of dtype {want_dtype}, got {self.x.dtype}")
+        if self.modality == "image" and self.x.numel() > 0:
             lo, hi = float(self.x.min()), float(self.x.max())
             if not (-1.0 <= lo and hi <= 1.0):
                 raise ValueError(f"image data must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]")
+        if (self.modality == "tokens") != (self.vocab_size is not None):
+            raise ValueError("token sequences need vocab_size, and only they have one")
+        if self.modality == "tokens" and self.x.numel() > 0 and not (0 <= int(self.x.min()) and
+                                                                       int(self.x.max()) < self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size}), got [{int(self.x.min())}, "
+                             f"{int(self.x.max())}]")
         if self.y is not None:
             if self.y.shape != (self.x.shape[0],) or self.y.dtype != torch.int64:
                 raise ValueError(
@@ -87,7 +100,7 @@ class TensorData:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        """Shape of one example: (C, H, W) for images, (D,) for vectors."""
+        """Shape of one example: (C, H, W) for images, (D,) for vectors, (T,) for token sequences."""
         return tuple(self.x.shape[1:])
 
     def __len__(self) -> int:
@@ -98,6 +111,49 @@ class TensorData:
         """Return the examples at `index` ((K,) int64) with the same metadata."""
         y = None if self.y is None else self.y[index]
         return dataclasses.replace(self, x=self.x[index], y=y)
+
+
+def content_hash(x: Tensor, y: Tensor | None = None) -> str:
+    """sha256 (hex, first 16 digits) of a split's examples and labels: which data a run saw, recorded in run.json."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        if t is not None:
+            h.update(str((t.dtype, tuple(t.shape))).encode())
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about its data, without the data: what an example is, classes, scale.
+
+    Stored in run.json, so a run can be rebuilt (and sampled) without loading its dataset.
+    """
+
+    shape: tuple[int, ...]  # (C, H, W), (D,) or (T,)
+    modality: str  # one of MODALITIES
+    num_classes: int | None
+    std: float  # standard deviation of the training data (EDM's sigma_data when "auto"); 0 for tokens
+    vocab_size: int | None = None  # token sequences only
+    content_hash: str | None = None  # `content_hash` of the training split (None for runs written before it)
+
+    @classmethod
+    def of(cls, data: TensorData) -> DataInfo:
+        """Describe a training split."""
+        std = 0.0 if data.modality == "tokens" else float(data.x.float().std())
+        return cls(tuple(data.shape), data.modality, data.num_classes, std, data.vocab_size,
+                   content_hash(data.x, data.y))
+
+    def to_dict(self) -> dict:
+        """JSON-able form, stored beside checkpoints so a run can be rebuilt without its data."""
+        return {"shape": list(self.shape), "modality": self.modality, "num_classes": self.num_classes,
+                "std": self.std, "vocab_size": self.vocab_size, "content_hash": self.content_hash}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DataInfo:
+        """Inverse of `to_dict`; also reads the run.json of runs written before modalities ("kind")."""
+        return cls(tuple(d["shape"]), d.get("modality", d.get("kind")), d["num_classes"], float(d["std"]),
+                   d.get("vocab_size"), d.get("content_hash"))
 
 
 class DataSpec(BaseModel):

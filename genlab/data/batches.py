@@ -13,8 +13,10 @@ or 2 devices x 4, up to floating-point summation order.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 from torch.utils.data import IterableDataset
 
 from genlab.data.base import TensorData
@@ -48,8 +50,39 @@ def step_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
     return torch.cat(parts)
 
 
+@dataclass
+class Batch:
+    """One micro-batch of a training step, the same type for every modality.
+
+    Args:
+        x: the examples: (B, C, H, W) images, (B, D) vectors or (B, T) token ids.
+        y: (B,) int64 class labels, -1 where the data have none.
+        seed: the optimiser step's seed; every random draw of the step comes from `generator()`.
+        offset: the first row of the global batch that this micro-batch holds.
+        global_batch: rows of the whole global batch (all devices and micro-batches).
+        extras: tensors a modality adds, one row per example (a padding mask, a prompt, a preference
+            pair's second sequence); moved to the device with the rest.
+    """
+
+    x: Tensor
+    y: Tensor
+    seed: int
+    offset: int
+    global_batch: int
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> slice:
+        """The rows of the global batch that this micro-batch holds (randomness is drawn for all, then sliced)."""
+        return slice(self.offset, self.offset + int(self.x.shape[0]))
+
+    def generator(self) -> torch.Generator:
+        """A fresh CPU generator seeded by the step: draw for `global_batch` rows, keep `rows`."""
+        return torch.Generator().manual_seed(self.seed)
+
+
 class StepBatches(IterableDataset):
-    """Endless micro-batches {"x", "y", "seed", "offset", "global_batch"} from step `start_step` on, for one rank.
+    """Endless micro-batches (`Batch`) from step `start_step` on, for one rank.
 
     Args:
         data: the training split, held in memory.
@@ -74,7 +107,7 @@ class StepBatches(IterableDataset):
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.start_step, self.rank, self.world_size, self.accumulate = start_step, rank, world_size, accumulate
 
-    def batch(self, step: int, micro: int = 0) -> dict:
+    def batch(self, step: int, micro: int = 0) -> Batch:
         """The micro-batch `micro` of this rank at optimiser step `step`."""
         idx = step_indices(len(self.data), self.batch_size, self.seed, step)
         per_rank = self.batch_size // self.world_size
@@ -82,17 +115,11 @@ class StepBatches(IterableDataset):
         lo = self.rank * per_rank + micro * per_micro
         idx = idx[lo : lo + per_micro]
         y = self.data.y[idx] if self.data.y is not None else torch.full((len(idx),), -1, dtype=torch.long)
-        return {"x": self.data.x[idx], "y": y, "seed": mix_seed(self.seed, 2, step), "offset": lo,
-                "global_batch": self.batch_size}
+        return Batch(self.data.x[idx], y, mix_seed(self.seed, 2, step), lo, self.batch_size)
 
-    def __iter__(self) -> Iterator[dict]:
+    def __iter__(self) -> Iterator[Batch]:
         step = self.start_step
         while True:
             for micro in range(self.accumulate):
                 yield self.batch(step, micro)
             step += 1
-
-
-def batch_rows(batch: dict) -> slice:
-    """The rows of the global batch that a micro-batch holds (randomness is drawn for all, then sliced)."""
-    return slice(int(batch["offset"]), int(batch["offset"]) + int(batch["x"].shape[0]))

@@ -49,14 +49,14 @@ def digits_full(resolution: int = DEFAULT_RESOLUTION) -> TensorData:
     Returns:
         TensorData with x (1797, 1, R, R) float32 in [-1, 1] and y (1797,) int64 in 0..9.
     """
-    from sklearn.datasets import load_digits  # imported here: scikit-learn is slow to import
+    from sklearn.datasets import load_digits  # lazy: scikit-learn takes ~1 s to import
 
     bunch = load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32)  # (N, 8, 8), values 0..16
     x = (images / MAX_VALUE * 2.0 - 1.0).unsqueeze(1)  # (N, 1, 8, 8) in [-1, 1]
     x = resize_images(x, resolution).contiguous()
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
-    return TensorData(x=x, y=y, kind="image", name="digits", class_names=CLASS_NAMES)
+    return TensorData(x=x, y=y, modality="image", name="digits", class_names=CLASS_NAMES)
 
 
 def load_digits_data(spec: DataSpec, split: str = "train") -> TensorData:

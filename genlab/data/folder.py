@@ -238,7 +238,7 @@ def read_folder(spec: DataSpec) -> TensorData:
             len(bad), len(found.files), found.root, bad[0][0], bad[0][1],
         )
     y = None if found.labels is None else torch.tensor([found.labels[i] for i in kept], dtype=torch.int64)
-    return TensorData(x=x[: len(kept)].clone() if bad else x, y=y, kind="image", name=spec.name,
+    return TensorData(x=x[: len(kept)].clone() if bad else x, y=y, modality="image", name=spec.name,
                       class_names=found.class_names)
 
 

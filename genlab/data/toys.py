@@ -192,7 +192,7 @@ def load_toy(name: str, spec: DataSpec, split: str = "train") -> TensorData:
     return TensorData(
         x=x.float().contiguous(),
         y=y,
-        kind="vector",
+        modality="vector",
         name=name,
         class_names=class_names,
         modes=None if toy.modes is None else toy.modes(),

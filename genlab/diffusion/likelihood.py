@@ -56,7 +56,11 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from genlab.diffusion.schedules import alpha_bar_to_sigma, sigmas_exponential, sigmas_karras
+from genlab.diffusion.schedules import (
+    alpha_bar_to_sigma,
+    sigmas_exponential,
+    sigmas_karras,
+)
 from genlab.errors import ConfigError, DataError, unknown_name_error
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # D(x (B, ...), sigma (B,)) -> x0_hat (B, ...)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from genlab.diffusion.schedules import DiscreteSchedule
+from genlab.errors import ConfigError, unknown_name_error
 
 Network = Callable[..., Tensor]  # F(x, c_noise, cond) -> Tensor of the shape of x
 
@@ -73,8 +74,6 @@ class VPPrecond:
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
-            from genlab.errors import ConfigError, unknown_name_error
-
             raise unknown_name_error("prediction target", self.prediction, PREDICTIONS, ConfigError)
 
     @property

@@ -24,6 +24,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from genlab.errors import ConfigError, unknown_name_error
+
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[dict], None] | None
 
@@ -195,7 +197,5 @@ TIMESTEP_SAMPLERS = frozenset({"ddpm", "ddim"})
 def get_sampler(name: str) -> Callable[..., Tensor]:
     """The sampler registered as `name`; an unknown name raises ConfigError with the closest match."""
     if name not in SAMPLERS:
-        from genlab.errors import ConfigError, unknown_name_error
-
         raise unknown_name_error("sampler", name, SAMPLERS, ConfigError)
     return SAMPLERS[name]

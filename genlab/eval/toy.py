@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from genlab.imageio import scatter_plot
+
 # A sample is "high quality" within this many (per-coordinate) standard deviations of its
 # nearest mode; in 2-D a true sample is that close with probability 1 - exp(-9/2) = 0.989.
 HIGH_QUALITY_STDS = 3.0
@@ -191,8 +193,6 @@ def scatter_extent(points: Tensor) -> float:
 
 def save_scatter(samples: Tensor, path: str | os.PathLike, reference: Tensor | None = None) -> Path:
     """Write a PNG scatter plot of samples (N, 2) (blue) over reference points (M, 2) (grey)."""
-    from genlab.imageio import scatter_plot
-
     extent = scatter_extent(samples if reference is None else torch.cat([samples, reference]))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

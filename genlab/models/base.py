@@ -1,7 +1,8 @@
-"""The face every family shares: a LightningModule holding `net` and its EMA copy `ema_net`,
-`training_step`, `sample(n, ...)`, and one optimiser set-up driven by OptimSpec.
+"""The face every family shares: a LightningModule holding `net` and, where the family keeps one, its
+EMA copy `ema_net`; `training_step`, `sample(n, **options)` with the options the family declares, and
+one optimiser set-up (one AdamW per parameter group the family names) driven by OptimSpec.
 
-The EMA *update rule* lives in the trainer (genlab/train.py); the module only owns the copy,
+The EMA *update rule* lives in the trainer (genlab/engine/callbacks.py); the module only owns the copy,
 so it is saved in the state dict, restored on resume, and used by `sample`.
 """
 
@@ -10,56 +11,51 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from genlab.data.base import TensorData
+from genlab.data.base import DataInfo
 from genlab.errors import ConfigError
+from genlab.imageio import save_samples
+from genlab.models.options import SampleOption
+from genlab.models.specs import FAMILY_SAMPLE_OPTIONS
+
+#: the command-line flag of every sampling option any family declares (for error messages)
+ALL_FLAGS = {o.name: o.cli_flag for options in FAMILY_SAMPLE_OPTIONS.values() for o in options}
 
 
-@dataclass(frozen=True)
-class DataInfo:
-    """What a model needs to know about its data: example shape, kind, classes, scale."""
+@dataclass
+class ParamGroup:
+    """Parameters that one optimiser updates: a name (for logs and gradient hooks), the tensors, the rate."""
 
-    shape: tuple[int, ...]  # (C, H, W) or (D,)
-    kind: str  # "image" or "vector"
-    num_classes: int | None
-    std: float  # standard deviation of the training data (EDM's sigma_data when "auto")
-
-    @classmethod
-    def of(cls, data: TensorData) -> DataInfo:
-        """Describe a training split."""
-        return cls(tuple(data.shape), data.kind, data.num_classes, float(data.x.float().std()))
-
-    def to_dict(self) -> dict:
-        """JSON-able form, stored beside checkpoints so a run can be rebuilt without its data."""
-        return {"shape": list(self.shape), "kind": self.kind, "num_classes": self.num_classes, "std": self.std}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DataInfo:
-        """Inverse of `to_dict`."""
-        return cls(tuple(d["shape"]), d["kind"], d["num_classes"], float(d["std"]))
+    name: str
+    params: Iterable[nn.Parameter]
+    lr: float
 
 
 class GenerativeModule(pl.LightningModule):
-    """Base class of every family: `net`, `ema_net`, the optimiser, and the shared sampling face.
+    """Base class of every family: `net`, `ema_net` (or None), the optimisers, and the shared sampling face.
 
-    A family adds `training_step(batch, i)` (batch = {"x", "y", "seed", "offset", "global_batch"}, see
-    data/batches.py; all randomness drawn for the global batch from `batch["seed"]`, then the
-    micro-batch's `batch_rows(batch)` kept) and
-    `sample(n, *, generator=None, ema=True, **opts) -> (n, *info.shape)`.
+    A family adds `training_step(batch, i)` (batch: `data.batches.Batch`; all randomness drawn for the
+    global batch from `batch.seed`, then the micro-batch's `batch.rows` kept) and
+    `sample(n, *, generator=None, ema=True, batch_size=256, **options) -> (n, *info.shape)`, whose
+    options it declares in SAMPLE_OPTIONS.
     """
 
-    #: keyword options of `sample` beyond (n, generator, ema, batch_size) that this family understands;
-    #: `genlab sample`/`eval` refuse the others with a clear error (see `check_sample_options`)
-    SAMPLE_OPTIONS: tuple[str, ...] = ()
+    #: the keyword options of `sample` beyond (n, generator, ema, batch_size) that this family understands,
+    #: declared once in its spec module; `genlab sample`/`eval` refuse the others with a clear error
+    SAMPLE_OPTIONS: tuple[SampleOption, ...] = ()
     FAMILY: str = "?"  # the `family:` name, for messages
     PROGRESS_METRICS: tuple[str, ...] = ("train/loss",)  # what the progress bar shows
-    #: what one bit/dim of `log_likelihood` is a bit of (one of BPD_UNITS; None without a likelihood):
+    #: whether the family keeps an exponential moving average of `net` (the trainer updates it; `sample`
+    #: uses it). A language model or an RLHF policy can do without: an EMA doubles the weights in memory.
+    USES_EMA: bool = True
+    #: what one bit/dim of `log_likelihood` is a bit of (one of options.BPD_UNITS; None without a likelihood):
     #: `genlab compare` ranks bits/dim only between families of the same unit
     likelihood_unit: str | None = None
     #: the fraction of the time budget (`trainer.max_time`) spent, set after every step by the trainer
@@ -69,45 +65,67 @@ class GenerativeModule(pl.LightningModule):
     def __init__(self, net: nn.Module, info: DataInfo, optim) -> None:
         super().__init__()
         self.net = net
-        self.ema_net = copy.deepcopy(net).requires_grad_(False).eval()
+        self.ema_net = copy.deepcopy(net).requires_grad_(False).eval() if self.USES_EMA else None
         self.info = info
         self.optim = optim
 
     def sampling_net(self, ema: bool = True) -> nn.Module:
-        """The network used for sampling: the EMA copy (default) or the raw weights."""
-        return self.ema_net if ema else self.net
+        """The network used for sampling: the EMA copy (default, where the family keeps one) or the raw weights."""
+        return self.ema_net if ema and self.ema_net is not None else self.net
+
+    def optimizer_groups(self) -> list[ParamGroup]:
+        """The parameter groups, one optimiser each (default: all of `net` at optim.lr); a family with
+        several networks or rates (the GAN's G and D) names several."""
+        return [ParamGroup("net", self.net.parameters(), self.optim.lr)]
 
     def configure_optimizers(self):
-        """AdamW with linear warm-up, then constant or cosine decay (one set-up for every family)."""
+        """One AdamW per parameter group, each with linear warm-up, then constant or cosine decay."""
         o = self.optim
+        groups = self.optimizer_groups()
+        factor = lr_multiplier(o.warmup_steps, o.lr_schedule, self.max_steps(), lambda: self.time_spent)
         # foreach: one fused update over all tensors (PyTorch picks it by default on CUDA only; on
         # the CPU the per-tensor loop cost 3% of a digits U-Net step)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay,
-                                foreach=True)
-        factor = lr_multiplier(o.warmup_steps, o.lr_schedule, self.max_steps(), lambda: self.time_spent)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        kw = {"betas": tuple(o.betas), "weight_decay": o.weight_decay, "foreach": True}
+        if len(groups) == 1:
+            opt = torch.optim.AdamW(groups[0].params, lr=groups[0].lr, **kw)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=factor)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        # The group's name tells gradient hooks (on_before_optimizer_step) which network they see.
+        opts = [torch.optim.AdamW([{"params": list(g.params), "name": g.name}], lr=g.lr, **kw) for g in groups]
+        scheds = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"} for opt in opts]
+        return opts, scheds
 
     def max_steps(self) -> int:
         """The trainer's step budget (1 outside a trainer)."""
         return max(1, self.trainer.max_steps) if self._trainer is not None else 1
 
     def on_train_start(self) -> None:
-        self.ema_net.eval()
+        if self.ema_net is not None:
+            self.ema_net.eval()
 
     def check_sample_options(self, **given) -> dict:
-        """The sampling options given (not None), refusing those this family does not have.
+        """The sampling options given (not None), checked against this family's declaration.
 
         Raises:
-            ConfigError: naming the command-line flag and the options the family has.
+            ConfigError: an option the family does not have (naming the flag and the options it has),
+                or a value of the wrong type or out of its declared range.
         """
-        opts = {key: value for key, value in given.items() if value is not None}
-        for key in opts:
-            if key not in self.SAMPLE_OPTIONS:
-                have = ", ".join(SAMPLE_FLAGS[k] for k in self.SAMPLE_OPTIONS) or "none"
-                raise ConfigError(f"{SAMPLE_FLAGS.get(key, key)} does not apply to the {self.FAMILY} family "
-                                  f"(its sampling options: {have})")
+        declared = {o.name: o for o in self.SAMPLE_OPTIONS}
+        opts = {}
+        for key, value in given.items():
+            if value is None:
+                continue
+            if key not in declared:
+                have = ", ".join(o.cli_flag for o in self.SAMPLE_OPTIONS) or "none"
+                flag = ALL_FLAGS.get(key, key)
+                raise ConfigError(f"{flag} does not apply to the {self.FAMILY} family (its sampling options: {have})")
+            opts[key] = declared[key].check(value)
         return opts
+
+    def preview(self, samples: Tensor, stem: Path) -> Path:
+        """Write samples for a person to look at, at `stem` plus a suffix: an image grid (images) or a
+        scatter plot (2-D points) by default; a text family writes text. Returns the path written."""
+        return save_samples(samples, stem.with_name(stem.name + ".png"))
 
     def network_evaluations(self, **sample_opts) -> int:
         """Network evaluations per sample drawn by `sample(**sample_opts)` (one forward pass unless overridden).
@@ -132,18 +150,6 @@ def all_finite(tensors) -> bool:
     # pass ~1e19 (fp32): such weights or gradients count as non-finite, as they are in effect.
     norms = torch._foreach_norm(ts, 2)
     return bool(torch.stack([n.to(norms[0].device) for n in norms]).isfinite().all())
-
-
-#: the units of bits/dim: 8-bit pixel levels (discrete, or dequantised), binarised pixels (a Bernoulli
-#: variable per pixel: far fewer bits than 8-bit levels, not comparable with them), or the continuous
-#: density of vectors or of pixel values (can be negative)
-BPD_8BIT, BPD_BINARY, BPD_CONTINUOUS = "8-bit pixels", "binarised pixels", "continuous density"
-BPD_UNITS = (BPD_8BIT, BPD_BINARY, BPD_CONTINUOUS)
-
-
-#: the command-line flag of each sampling option (for error messages)
-SAMPLE_FLAGS = {"sampler": "--sampler", "steps": "--steps", "label": "--class", "guidance": "--guidance",
-                "temperature": "--temperature"}
 
 
 @contextlib.contextmanager

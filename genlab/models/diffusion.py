@@ -9,10 +9,22 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from genlab.data.base import DataInfo
+from genlab.data.batches import Batch
 from genlab.diffusion.guidance import X0_POSTPROCESS, classifier_free_guidance
-from genlab.diffusion.objectives import LOSSES, WEIGHTINGS, diffusion_loss, pseudo_huber_loss
+from genlab.diffusion.likelihood import ddpm_vlb_bits_per_dim, pf_ode_bits_per_dim
+from genlab.diffusion.objectives import (
+    LOSSES,
+    WEIGHTINGS,
+    diffusion_loss,
+    pseudo_huber_loss,
+)
 from genlab.diffusion.precond import EDMPrecond, Preconditioner, VPPrecond, precondition
-from genlab.diffusion.samplers import TIMESTEP_SAMPLERS, get_sampler, network_evaluations
+from genlab.diffusion.samplers import (
+    TIMESTEP_SAMPLERS,
+    get_sampler,
+    network_evaluations,
+)
 from genlab.diffusion.schedules import (
     DiscreteSchedule,
     sample_sigmas_discrete,
@@ -20,11 +32,11 @@ from genlab.diffusion.schedules import (
     sigmas_from_timesteps,
     sigmas_karras,
 )
-from genlab.diffusion.likelihood import ddpm_vlb_bits_per_dim, pf_ode_bits_per_dim
-from genlab.data.batches import batch_rows
 from genlab.errors import ConfigError, unknown_name_error
-from genlab.models.base import BPD_8BIT, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode
+from genlab.models.base import GenerativeModule, eval_mode
+from genlab.models.options import BPD_8BIT, BPD_CONTINUOUS
 from genlab.models.specs import DiffusionSpec
+from genlab.models.specs import diffusion as specs_diffusion
 from genlab.nn import DiT, MLPDenoiser, UNet
 
 
@@ -32,7 +44,7 @@ def build_network(spec: DiffusionSpec, info: DataInfo) -> nn.Module:
     """The denoising network F(x, c_noise, cond) for data described by `info`."""
     num_classes = _num_classes(spec, info)
     if spec.net in ("unet", "dit"):
-        if info.kind != "image":
+        if info.modality != "image":
             raise ConfigError(f"model.net={spec.net} needs image data, but the data are {info.shape} vectors; "
                               f"use model.net=mlp")
         c, h, w = info.shape
@@ -40,7 +52,7 @@ def build_network(spec: DiffusionSpec, info: DataInfo) -> nn.Module:
             raise ConfigError(f"model.net={spec.net} needs square images, got {h}x{w}; set data.resolution")
         net_class, net_spec = (UNet, spec.unet) if spec.net == "unet" else (DiT, spec.dit)
         return net_class(in_channels=c, out_channels=c, resolution=h, num_classes=num_classes, **net_spec.model_dump())
-    if info.kind != "vector":
+    if info.modality != "vector":
         raise ConfigError(f"model.net=mlp needs vector data, but the data are {info.shape} images; use model.net=unet "
                           f"or model.net=dit")
     return MLPDenoiser(dim=info.shape[0], num_classes=num_classes, **spec.mlp.model_dump())
@@ -69,7 +81,7 @@ class DiffusionModel(GenerativeModule):
     """Diffusion model: `training_step` calls the pure loss; `sample` runs a registered sampler."""
 
     FAMILY = "diffusion"
-    SAMPLE_OPTIONS = ("sampler", "steps", "label", "guidance")
+    SAMPLE_OPTIONS = specs_diffusion.SAMPLE_OPTIONS
     LIKELIHOOD = ("-log2 p(x) / D by the probability-flow ODE (Song et al. 2021): 8-bit pixels, dequantised, for "
                   "images; the continuous density for vectors")
 
@@ -77,7 +89,7 @@ class DiffusionModel(GenerativeModule):
         super().__init__(build_network(spec, info), info, optim)
         self.spec = spec
         self.precond = build_precond(spec, info)
-        self.likelihood_unit = BPD_8BIT if info.kind == "image" else BPD_CONTINUOUS
+        self.likelihood_unit = BPD_8BIT if info.modality == "image" else BPD_CONTINUOUS
         self.num_classes = _num_classes(spec, info)
         self.loss_fn = partial(pseudo_huber_loss, c=spec.huber_c) if spec.loss == "pseudo-huber" else LOSSES[spec.loss]
         weight = WEIGHTINGS[spec.weighting]
@@ -103,10 +115,10 @@ class DiffusionModel(GenerativeModule):
         drop = u < self.spec.p_uncond
         return torch.where(drop.to(y.device), torch.full_like(y, self.num_classes), y)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """One denoising step; every random draw comes from the batch's seed (exact resume)."""
-        x0, y = batch["x"], batch["y"]
-        g, rows, n = torch.Generator().manual_seed(int(batch["seed"])), batch_rows(batch), int(batch["global_batch"])
+        x0, y = batch.x, batch.y
+        g, rows, n = batch.generator(), batch.rows, batch.global_batch
         sigma = self.training_sigmas(n, g)[rows].to(x0.device)
         noise = torch.randn((n, *x0.shape[1:]), generator=g)[rows].to(x0.device)
         cond = self.training_labels(y, torch.rand(n, generator=g)[rows])
@@ -142,7 +154,7 @@ class DiffusionModel(GenerativeModule):
                 c = torch.full((x.shape[0],), label, device=x.device)
                 return classifier_free_guidance(cond_d, c, torch.full_like(c, self.num_classes), guidance)(x, sigma)
 
-        post = X0_POSTPROCESS[self.spec.x0] if self.info.kind == "image" else None
+        post = X0_POSTPROCESS[self.spec.x0] if self.info.modality == "image" else None
         return post(d) if post is not None else d
 
     @torch.no_grad()
@@ -171,7 +183,7 @@ class DiffusionModel(GenerativeModule):
                 x = torch.randn((b, *self.info.shape), generator=generator).to(self.device) * float(sigmas[0])
                 out.append(fn(denoise, x, sigmas, generator=generator, **sampler_opts).cpu())
         result = torch.cat(out)
-        return result.clamp(-1, 1) if self.info.kind == "image" else result
+        return result.clamp(-1, 1) if self.info.modality == "image" else result
 
     def network_evaluations(self, *, sampler: str | None = None, steps: int | None = None, **_) -> int:
         """Denoiser calls per sample of `sample(sampler=..., steps=...)` (guidance batches both branches in one)."""
@@ -203,7 +215,7 @@ class DiffusionModel(GenerativeModule):
             cond = None if null is None else torch.full((z.shape[0],), null, device=z.device)
             return precondition(net, self.precond, z, sigma, cond)
 
-        image, was_training = self.info.kind == "image", net.training
+        image, was_training = self.info.modality == "image", net.training
         net.eval()
         try:
             if method == "ode":

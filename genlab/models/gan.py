@@ -25,10 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genlab.data.batches import batch_rows
+from genlab.data.base import DataInfo
+from genlab.data.batches import Batch
 from genlab.errors import ConfigError
-from genlab.models.base import DataInfo, GenerativeModule, eval_mode, lr_multiplier
+from genlab.models.base import GenerativeModule, ParamGroup, eval_mode
 from genlab.models.specs import GANSpec
+from genlab.models.specs import gan as specs_gan
 from genlab.nn import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 
 # ---------------------------------------------------------------- losses (per example)
@@ -100,14 +102,14 @@ def build_networks(spec: GANSpec, info: DataInfo) -> tuple[nn.Module, nn.Module]
     """The generator G(z, y) and the discriminator D(x, y) for data described by `info`."""
     num_classes = _num_classes(spec, info)
     if spec.net == "dcgan":
-        if info.kind != "image":
+        if info.modality != "image":
             raise ConfigError(f"model.net=dcgan needs image data, but the data are {info.shape} vectors; use model.net=mlp")
         c, h, w = info.shape
         if h != w:
             raise ConfigError(f"model.net=dcgan needs square images, got {h}x{w}; set data.resolution")
         return (DCGANGenerator(spec.latent_dim, c, h, spec.channels, num_classes),
                 DCGANDiscriminator(c, h, spec.channels, num_classes, spec.spectral_norm))
-    if info.kind != "vector":
+    if info.modality != "vector":
         raise ConfigError(f"model.net=mlp needs vector data, but the data are {info.shape} images; use model.net=dcgan")
     dim = info.shape[0]
     return (MLPGenerator(spec.latent_dim, dim, spec.hidden, spec.depth, num_classes),
@@ -122,7 +124,7 @@ class GANModel(GenerativeModule):
 
     FAMILY = "gan"
     PROGRESS_METRICS = ("train/d_loss", "train/g_loss")
-    SAMPLE_OPTIONS = ("label",)
+    SAMPLE_OPTIONS = specs_gan.SAMPLE_OPTIONS
 
     def __init__(self, spec: GANSpec, info: DataInfo, optim) -> None:
         generator, discriminator = build_networks(spec, info)
@@ -135,19 +137,10 @@ class GANModel(GenerativeModule):
         self.automatic_optimization = False  # two optimisers, stepped in training_step
         self._grad_norms: dict[str, Tensor] = {}  # this batch's, measured in on_before_optimizer_step
 
-    def configure_optimizers(self):
-        """Adam for G (optim.lr) and D (model.d_lr or optim.lr), each with the shared warm-up/decay schedule."""
-        o = self.optim
-
-        def adam(params, lr: float, name: str) -> torch.optim.Optimizer:
-            # The group's name tells on_before_optimizer_step which network's gradients it sees.
-            return torch.optim.AdamW([{"params": list(params), "name": name}], lr=lr, betas=tuple(o.betas),
-                                     weight_decay=o.weight_decay, foreach=True)
-
-        opts = [adam(self.net.parameters(), o.lr, "g"), adam(self.disc.parameters(), self.spec.d_lr or o.lr, "d")]
-        factor = lr_multiplier(o.warmup_steps, o.lr_schedule, self.max_steps(), lambda: self.time_spent)
-        scheds = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"} for opt in opts]
-        return opts, scheds
+    def optimizer_groups(self) -> list[ParamGroup]:
+        """G at optim.lr and D at model.d_lr (or optim.lr): two optimisers, each with the shared schedule."""
+        return [ParamGroup("g", self.net.parameters(), self.optim.lr),
+                ParamGroup("d", self.disc.parameters(), self.spec.d_lr or self.optim.lr)]
 
     # ---------------------------------------------------------------- training
 
@@ -155,10 +148,10 @@ class GANModel(GenerativeModule):
         """The labels the networks see: the batch's (B,) labels, or None for an unconditional GAN."""
         return y if self.num_classes is not None else None
 
-    def training_latents(self, batch: dict) -> tuple[Tensor, Tensor]:
+    def training_latents(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """z of the D update and z of the G update, each (B, latent_dim), drawn for the global batch and sliced."""
-        g, n = torch.Generator().manual_seed(int(batch["seed"])), int(batch["global_batch"])
-        z = torch.randn(2, n, self.latent_dim, generator=g)[:, batch_rows(batch)]  # (2, B, latent_dim)
+        g, n = batch.generator(), batch.global_batch
+        z = torch.randn(2, n, self.latent_dim, generator=g)[:, batch.rows]  # (2, B, latent_dim)
         return z[0].to(self.device), z[1].to(self.device)
 
     def discriminator_loss(self, x: Tensor, y: Tensor | None, z: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
@@ -184,15 +177,15 @@ class GANModel(GenerativeModule):
         finally:
             self.disc.requires_grad_(True)
 
-    def training_step(self, batch: dict, batch_idx: int) -> None:
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
         """One D update on every batch and one G update on every `d_steps`-th; z from the batch's seed."""
         opt_g, opt_d = self.optimizers()
-        y = self.conditioning(batch["y"])
+        y = self.conditioning(batch.y)
         z_d, z_g = self.training_latents(batch)
         update_g = (self.trainer.global_step + 1) % self.spec.d_steps == 0  # read before the D step advances it
         self._grad_norms = {}
 
-        d_loss, stats = self.discriminator_loss(batch["x"], y, z_d)
+        d_loss, stats = self.discriminator_loss(batch.x, y, z_d)
         stats["d_loss"] = d_loss = d_loss.mean()
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
@@ -257,7 +250,7 @@ class GANModel(GenerativeModule):
             out = [net(z[i : i + batch_size].to(self.device), None if y is None else y[i : i + batch_size].to(self.device))
                    .float().cpu() for i in range(0, len(z), batch_size)]
         x = torch.cat(out) if out else torch.zeros(0, *self.info.shape)
-        return x.clamp(-1, 1) if self.info.kind == "image" else x
+        return x.clamp(-1, 1) if self.info.modality == "image" else x
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, ema: bool = True, batch_size: int = 256,

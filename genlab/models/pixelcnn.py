@@ -20,9 +20,13 @@ import math
 import torch
 from torch import Tensor, nn
 
+from genlab.data.base import DataInfo
+from genlab.data.batches import Batch
 from genlab.errors import ConfigError
-from genlab.models.base import BPD_8BIT, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode
+from genlab.models.base import GenerativeModule, eval_mode
+from genlab.models.options import BPD_8BIT, BPD_CONTINUOUS
 from genlab.models.specs import PixelCNNSpec
+from genlab.models.specs import pixelcnn as specs_pixelcnn
 from genlab.nn.distributions import OUTPUTS, OutputDistribution
 from genlab.nn.likelihoods import quantize
 from genlab.nn.pixelcnn import MADE, GatedPixelCNN
@@ -36,10 +40,10 @@ def resolve_output(spec: PixelCNNSpec, info: DataInfo) -> OutputDistribution:
     Raises:
         ConfigError: a pixel distribution on vectors or a density on images.
     """
-    name = AUTO_OUTPUT[info.kind] if spec.output == "auto" else spec.output
-    if OUTPUTS[name].discrete != (info.kind == "image"):
-        fits = " or ".join(n for n, out in OUTPUTS.items() if out.discrete == (info.kind == "image"))
-        raise ConfigError(f"model.output={name} does not fit {info.kind} data {info.shape}; use model.output={fits} "
+    name = AUTO_OUTPUT[info.modality] if spec.output == "auto" else spec.output
+    if OUTPUTS[name].discrete != (info.modality == "image"):
+        fits = " or ".join(n for n, out in OUTPUTS.items() if out.discrete == (info.modality == "image"))
+        raise ConfigError(f"model.output={name} does not fit {info.modality} data {info.shape}; use model.output={fits} "
                           f"(or auto)")
     return OUTPUTS[name]
 
@@ -50,13 +54,13 @@ def build_network(spec: PixelCNNSpec, info: DataInfo, output: OutputDistribution
     params = output.num_params(spec.n_mix)
     initial = None if output.initial is None else output.initial(spec.n_mix)  # (P,)
     if spec.net == "gated":
-        if info.kind != "image":
+        if info.modality != "image":
             raise ConfigError(f"model.net=gated needs image data, but the data are {info.shape} vectors; "
                               f"use model.net=made")
         c = info.shape[0]
         return GatedPixelCNN(c, c * params, spec.channels, spec.layers, spec.kernel_size, num_classes,
                              out_bias=None if initial is None else initial.repeat(c))
-    if info.kind != "vector":
+    if info.modality != "vector":
         raise ConfigError(f"model.net=made needs vector data, but the data are {info.shape} images; "
                           f"use model.net=gated")
     d = info.shape[0]
@@ -77,7 +81,7 @@ class PixelCNNModel(GenerativeModule):
     """Autoregressive model: `training_step` minimises the exact bits/dim; `sample` is ancestral."""
 
     FAMILY = "pixelcnn"
-    SAMPLE_OPTIONS = ("temperature",)  # plus "label" for a class-conditional model (set per instance)
+    SAMPLE_OPTIONS = tuple(o for o in specs_pixelcnn.SAMPLE_OPTIONS if o.name != "label")  # --class: conditional only
     LIKELIHOOD = ("exact -log2 p(x) / D: of the 8-bit levels k = round((x + 1) 127.5) for images, the continuous "
                   "density for vectors; class-conditional models without labels: p(x) = mean_y p(x | y)")
 
@@ -87,8 +91,8 @@ class PixelCNNModel(GenerativeModule):
         self.spec, self.output = spec, output
         self.num_classes = _num_classes(spec, info)
         if self.num_classes is not None:
-            self.SAMPLE_OPTIONS = ("temperature", "label")
-        self.image = info.kind == "image"
+            self.SAMPLE_OPTIONS = specs_pixelcnn.SAMPLE_OPTIONS
+        self.image = info.modality == "image"
         self.likelihood_unit = BPD_8BIT if self.image else BPD_CONTINUOUS
         self.dim = math.prod(info.shape)  # D of bits/dim
         # Vectors enter MADE as z = x / std; images as their quantised levels in [-1, 1].
@@ -131,9 +135,9 @@ class PixelCNNModel(GenerativeModule):
         """The batch's labels for a class-conditional model, else None."""
         return y if self.num_classes is not None else None
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """One maximum-likelihood step: the loss is the batch's mean bits/dim (no randomness to draw)."""
-        loss = self.bits_per_dim(self.log_prob(batch["x"], self.training_labels(batch["y"]))).mean()
+        loss = self.bits_per_dim(self.log_prob(batch.x, self.training_labels(batch.y))).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -34,10 +34,18 @@ import torch
 from torch import Tensor
 
 from genlab.boltzmann.ais import ais_betas, ais_log_partition, dbn_log_likelihood_bound
-from genlab.boltzmann.gibbs import contrastive_divergence_loss, gibbs_sweeps, random_visible, sample_hidden
-from genlab.data.batches import batch_rows
+from genlab.boltzmann.gibbs import (
+    contrastive_divergence_loss,
+    gibbs_sweeps,
+    random_visible,
+    sample_hidden,
+)
+from genlab.data.base import DataInfo
+from genlab.data.batches import Batch
 from genlab.errors import ConfigError
-from genlab.models.base import BPD_BINARY, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode, lr_multiplier
+from genlab.models.base import GenerativeModule, eval_mode, lr_multiplier
+from genlab.models.options import BPD_BINARY, BPD_CONTINUOUS
+from genlab.models.specs import rbm as specs_rbm
 from genlab.models.specs.rbm import BoltzmannSpec, DBNSpec, RBMSpec
 from genlab.nn.rbm import RBM, BernoulliRBM, DeepBeliefNet, GaussianBernoulliRBM
 
@@ -49,9 +57,9 @@ logger = logging.getLogger("genlab")
 
 def visible_units(spec: BoltzmannSpec, info: DataInfo) -> str:
     """"bernoulli" for images, "gaussian" for vectors; a `model.visible` that does not fit the data is refused."""
-    units = UNITS_OF_KIND[info.kind]
+    units = UNITS_OF_KIND[info.modality]
     if spec.visible not in ("auto", units):
-        raise ConfigError(f"model.visible={spec.visible} does not fit {info.kind} data {info.shape}; "
+        raise ConfigError(f"model.visible={spec.visible} does not fit {info.modality} data {info.shape}; "
                           f"use model.visible={units} (or auto)")
     return units
 
@@ -70,7 +78,7 @@ class RBMModel(GenerativeModule):
     """Restricted Boltzmann machine (a one-layer stack); DBNModel adds layers and the greedy schedule."""
 
     FAMILY = "rbm"
-    SAMPLE_OPTIONS = ("steps",)
+    SAMPLE_OPTIONS = specs_rbm.SAMPLE_OPTIONS
     LIKELIHOOD = ("-log2 p(v) / D with log Z by AIS: images as binarised pixels v ~ Bernoulli((x + 1) / 2) "
                   "('bits/dim of binarised pixels', not comparable with 8-bit bits/dim); vectors as the "
                   "continuous density of x")
@@ -116,12 +124,12 @@ class RBMModel(GenerativeModule):
         u = torch.rand((n, flat.shape[1]), generator=generator)[rows].to(flat.device)
         return (u < (flat + 1) / 2).to(flat.dtype)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """One CD / PCD step of the layer in training; every draw comes from the batch's seed (exact resume)."""
-        g, rows, n = torch.Generator().manual_seed(int(batch["seed"])), batch_rows(batch), int(batch["global_batch"])
+        g, rows, n = batch.generator(), batch.rows, batch.global_batch
         layers, layer = self.stack(self.net), self.layer_at(self.global_step)
         with torch.no_grad():
-            v = self.data_visible(batch["x"], g, n, rows)
+            v = self.data_visible(batch.x, g, n, rows)
             for rbm in layers[:layer]:  # the frozen layers below: h_l ~ p(h_l | h_{l-1})
                 v = sample_hidden(rbm, v, torch.rand((n, rbm.hidden), generator=g)[rows])
             v_model = self.negative_phase(layer, v, g, n, rows)

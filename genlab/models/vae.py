@@ -37,12 +37,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from genlab.data.batches import batch_rows
+from genlab.data.base import DataInfo
+from genlab.data.batches import Batch
 from genlab.errors import ConfigError
-from genlab.models.base import BPD_8BIT, BPD_CONTINUOUS, DataInfo, GenerativeModule, eval_mode
+from genlab.models.base import GenerativeModule, eval_mode
+from genlab.models.options import BPD_8BIT, BPD_CONTINUOUS
 from genlab.models.specs import VAESpec
-from genlab.nn.likelihoods import (bernoulli_log_prob, binarize, discretized_logistic_log_prob, normal_log_prob,
-                                   quantize)
+from genlab.models.specs import vae as specs_vae
+from genlab.nn.likelihoods import (
+    bernoulli_log_prob,
+    binarize,
+    discretized_logistic_log_prob,
+    normal_log_prob,
+    quantize,
+)
 from genlab.nn.vae import build_vae_net
 
 # ---------------------------------------------------------------- the decoder distributions
@@ -103,11 +111,11 @@ def resolve_likelihood(name: str, info: DataInfo) -> str:
         ConfigError: a pixel likelihood on vectors or a Gaussian on images.
     """
     if name == "auto":
-        return AUTO_LIKELIHOOD[info.kind]
-    if LIKELIHOODS[name].kind != info.kind:
-        fits = " or ".join(n for n, lik in LIKELIHOODS.items() if lik.kind == info.kind)
+        return AUTO_LIKELIHOOD[info.modality]
+    if LIKELIHOODS[name].kind != info.modality:
+        fits = " or ".join(n for n, lik in LIKELIHOODS.items() if lik.kind == info.modality)
         raise ConfigError(f"model.likelihood={name} models {LIKELIHOODS[name].kind} data, but the data are "
-                          f"{info.kind}s of shape {info.shape}; use model.likelihood={fits} (or auto)")
+                          f"{info.modality}s of shape {info.shape}; use model.likelihood={fits} (or auto)")
     return name
 
 
@@ -147,7 +155,7 @@ class VAEModel(GenerativeModule):
     """
 
     FAMILY = "vae"
-    SAMPLE_OPTIONS = ("temperature",)
+    SAMPLE_OPTIONS = specs_vae.SAMPLE_OPTIONS
     LIKELIHOOD = ("IWAE lower bound on log p(x) (Burda et al. 2016) in bits/dim: 8-bit pixels for images "
                   "(-log2 P(k) / D), the continuous density for vectors")
 
@@ -170,10 +178,10 @@ class VAEModel(GenerativeModule):
         log_px_z = self.lik.log_prob(self.lik.target(x), out).flatten(1).sum(1)
         return log_px_z, gaussian_kl(mu, logvar)
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Minus the KL-weighted ELBO per dimension; eps drawn for the global batch from its seed (exact resume)."""
-        x = batch["x"]
-        g, rows, n = torch.Generator().manual_seed(int(batch["seed"])), batch_rows(batch), int(batch["global_batch"])
+        x = batch.x
+        g, rows, n = batch.generator(), batch.rows, batch.global_batch
         eps = torch.randn((n, self.latent_dim), generator=g)[rows].to(x.device)
         log_px_z, kl = self.elbo_terms(x, eps)
         weight = kl_weight(self.global_step, self.spec.beta, self.spec.kl_warmup_steps)
@@ -208,7 +216,7 @@ class VAEModel(GenerativeModule):
         net = self.sampling_net(ema)
         with eval_mode(net):
             out = torch.cat([self.lik.point(net.decode(zc.to(self.device))).cpu() for zc in z.split(batch_size)])
-        return out.clamp(-1, 1) if self.info.kind == "image" else out
+        return out.clamp(-1, 1) if self.info.modality == "image" else out
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None, ema: bool = True, batch_size: int = 256,

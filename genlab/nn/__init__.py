@@ -11,8 +11,18 @@ from __future__ import annotations
 from torch import nn
 
 from genlab.nn.dit import DiT
-from genlab.nn.embeddings import NOISE_EMBEDDINGS, ConditionEmbedding, FourierEmbedding, PositionalEmbedding
-from genlab.nn.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+from genlab.nn.embeddings import (
+    NOISE_EMBEDDINGS,
+    ConditionEmbedding,
+    FourierEmbedding,
+    PositionalEmbedding,
+)
+from genlab.nn.gan import (
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MLPDiscriminator,
+    MLPGenerator,
+)
 from genlab.nn.mlp import MLPDenoiser
 from genlab.nn.pixelcnn import MADE, GatedPixelCNN
 from genlab.nn.rbm import RBM, BernoulliRBM, DeepBeliefNet, GaussianBernoulliRBM

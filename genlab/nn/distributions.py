@@ -29,7 +29,12 @@ import torch
 from torch import Tensor
 
 from genlab.diffusion.likelihood import pixel_scale
-from genlab.nn.likelihoods import LOG_SCALE_MIN, discretized_logistic_log_prob, normal_log_prob, quantize
+from genlab.nn.likelihoods import (
+    LOG_SCALE_MIN,
+    discretized_logistic_log_prob,
+    normal_log_prob,
+    quantize,
+)
 
 __all__ = ["OUTPUTS", "OutputDistribution", "categorical_levels_log_prob", "discretized_logistic_mixture_log_prob",
            "gaussian_mixture_log_prob", "sample_categorical_levels", "sample_discretized_logistic_mixture",

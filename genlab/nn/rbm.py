@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["RBM", "BernoulliRBM", "DeepBeliefNet", "GaussianBernoulliRBM", "binary_states"]
+__all__ = ["RBM", "BernoulliRBM", "DeepBeliefNet", "GaussianBernoulliRBM"]
 
 
 class RBM(nn.Module, ABC):
@@ -225,9 +225,3 @@ class DeepBeliefNet(nn.Module):
         for lower, upper in pairwise(rbms):
             assert isinstance(upper, BernoulliRBM) and upper.visible == lower.hidden, "layers do not stack"
         self.rbms = nn.ModuleList(rbms)
-
-
-def binary_states(n: int, dtype: torch.dtype = torch.float64) -> Tensor:
-    """All 2^n binary vectors, one per row, in counting order: (2^n, n)."""
-    codes = torch.arange(2**n)
-    return ((codes[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(dtype)

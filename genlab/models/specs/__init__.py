@@ -7,6 +7,8 @@ section lives in its own module here; FAMILY_SPECS maps the `family:` name to it
 
 from __future__ import annotations
 
+from genlab.models.options import SampleOption
+from genlab.models.specs import diffusion, gan, pixelcnn, rbm, vae
 from genlab.models.specs.base import Spec
 from genlab.models.specs.diffusion import DiffusionSpec, MLPSpec, UNetSpec
 from genlab.models.specs.gan import GANSpec
@@ -14,7 +16,7 @@ from genlab.models.specs.pixelcnn import PixelCNNSpec
 from genlab.models.specs.rbm import DBNSpec, RBMSpec
 from genlab.models.specs.vae import VAESpec
 
-__all__ = ["DBNSpec", "DiffusionSpec", "FAMILY_SPECS", "GANSpec", "MLPSpec", "PixelCNNSpec", "RBMSpec", "Spec",
+__all__ = ["DBNSpec", "DiffusionSpec", "FAMILY_SAMPLE_OPTIONS", "FAMILY_SPECS", "GANSpec", "MLPSpec", "PixelCNNSpec", "RBMSpec", "Spec",
            "UNetSpec", "VAESpec"]
 
 FAMILY_SPECS: dict[str, type[Spec]] = {
@@ -24,4 +26,14 @@ FAMILY_SPECS: dict[str, type[Spec]] = {
     "pixelcnn": PixelCNNSpec,
     "rbm": RBMSpec,
     "dbn": DBNSpec,
+}
+
+#: the options of each family's `sample` (see genlab/models/options.py), readable without torch
+FAMILY_SAMPLE_OPTIONS: dict[str, tuple[SampleOption, ...]] = {
+    "diffusion": diffusion.SAMPLE_OPTIONS,
+    "gan": gan.SAMPLE_OPTIONS,
+    "vae": vae.SAMPLE_OPTIONS,
+    "pixelcnn": pixelcnn.SAMPLE_OPTIONS,
+    "rbm": rbm.SAMPLE_OPTIONS,
+    "dbn": rbm.SAMPLE_OPTIONS,
 }

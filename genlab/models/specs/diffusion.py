@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from genlab.models.options import GUIDANCE, LABEL, SAMPLER, STEPS
 from genlab.models.specs.base import Spec
 
 
@@ -81,3 +82,6 @@ class DiffusionSpec(Spec):
                              f"training data)")
         return value
 
+
+#: the options of `sample`
+SAMPLE_OPTIONS = (SAMPLER, STEPS, LABEL, GUIDANCE)

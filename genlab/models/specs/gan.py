@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from genlab.models.options import LABEL
 from genlab.models.specs.base import Spec
 
 
@@ -25,3 +26,7 @@ class GANSpec(Spec):
     d_lr: float | None = Field(None, gt=0.0, description="discriminator learning rate (None: optim.lr)")
     d_steps: int = Field(1, ge=1, le=16, description="discriminator updates per generator update: D steps on "
                                                      "every batch, G on every d_steps-th")
+
+
+#: the options of `sample`
+SAMPLE_OPTIONS = (LABEL,)

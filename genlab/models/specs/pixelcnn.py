@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from genlab.models.options import LABEL, TEMPERATURE
 from genlab.models.specs.base import Spec
 
 
@@ -32,3 +33,7 @@ class PixelCNNSpec(Spec):
         if k % 2 == 0:
             raise ValueError(f"must be odd (the masks are centred on the pixel), got {k}; use {k + 1}")
         return k
+
+
+#: the options of `sample` (pixelcnn: --class only for a class-conditional model)
+SAMPLE_OPTIONS = (TEMPERATURE, LABEL)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from genlab.models.options import GIBBS_SWEEPS
 from genlab.models.specs.base import Spec
 
 
@@ -40,3 +41,7 @@ class DBNSpec(BoltzmannSpec):
                                                                          "top, which trains for the rest of the run")
     bound_samples: int = Field(10, ge=1, le=10_000, description="draws of q(h | v) per example in the "
                                                                 "log-likelihood bound")
+
+
+#: the options of `sample`
+SAMPLE_OPTIONS = (GIBBS_SWEEPS,)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from genlab.models.options import TEMPERATURE
 from genlab.models.specs.base import Spec
 
 
@@ -27,3 +28,7 @@ class VAESpec(Spec):
     iwae_k: int = Field(64, ge=1, le=100_000,
                         description="importance samples k of log_likelihood (IWAE bound; 1 = the ELBO)")
     temperature: float = Field(1.0, gt=0.0, description="default sampling temperature (prior std scale)")
+
+
+#: the options of `sample`
+SAMPLE_OPTIONS = (TEMPERATURE,)

@@ -4,8 +4,8 @@
     genlab eval RUN_DIR --samples FILE.npz [--json]        # given samples, the run's data
     genlab eval --real DATA --samples FILE.npz [--json]     # given samples, any dataset
 
-Thin by design: parsing and printing here, everything else in `genlab.eval.evaluate`. torch
-is imported inside `run_eval`, so building the parser costs nothing.
+Thin by design: parsing and printing here, everything else in `genlab.engine.evaluate` and
+`genlab.eval.scores`. torch is imported inside `run`, so building the parser costs nothing.
 """
 
 from __future__ import annotations
@@ -14,15 +14,14 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
-from genlab.argtypes import nonneg_int, positive_int
+from genlab.cli.argtypes import nonneg_int, positive_int
 
 EPILOG = ("examples: genlab eval runs/digits-diffusion --sampler dpmpp-2m --steps 20 | "
           "genlab eval --real digits --samples samples.npz --json")
 
 
-def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `eval` command to an argparse subparsers object; returns its parser (no `func` default)."""
     p = subparsers.add_parser(
         "eval", help="score samples against held-out data (FD, KID, precision/recall, coverage...)",
@@ -55,103 +54,14 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def load_samples_npz(path: str | Path):
-    """The array `samples` of an .npz file, as a float32 tensor.
-
-    Raises:
-        DataError: missing or unreadable file, not an .npz, no `samples` array, or a non-numeric array.
-    """
-    import zipfile
-    import zlib
-
-    import numpy as np
-    import torch
-
-    from genlab.errors import DataError
-
-    # What a damaged .npz raises: besides the obvious, a zip that claims an unsupported version or
-    # compression (NotImplementedError), encryption (RuntimeError) or corrupt deflate data (zlib.error),
-    # found by fuzzing.
-    bad_npz = (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError, zlib.error)
-    path = Path(path)
-    fix = "write one with `genlab sample RUN --out FILE.npz` or numpy.savez(FILE, samples=x)"
-    if not path.is_file():
-        raise DataError(f"samples file {path} does not exist; {fix}")
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except bad_npz as err:
-        raise DataError(f"cannot read {path} as .npz ({type(err).__name__}: {err}); {fix}") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array
-        raise DataError(f"{path} is not an .npz archive; {fix}")
-    with npz:
-        if "samples" not in npz.files:
-            found = ", ".join(npz.files) or "no arrays"
-            raise DataError(f"{path} has no array named 'samples' (found: {found}); {fix}")
-        try:
-            array = npz["samples"]
-        except bad_npz as err:
-            raise DataError(f"cannot read array 'samples' of {path} ({type(err).__name__}: {err}); {fix}") from None
-    if array.dtype.kind not in "fiu":
-        raise DataError(f"{path}: array 'samples' has dtype {array.dtype}; it must hold numbers")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-
-def spec_for_samples(name: str, samples):
-    """A DataSpec for dataset `name` matching the samples' image size (so digits at 8 px or 32 px works)."""
-    from genlab.data import DataSpec
-    from genlab.data.toys import TOYS
-
-    resolution = None
-    if name not in TOYS and samples.dim() == 4 and samples.shape[-1] == samples.shape[-2]:
-        resolution = int(samples.shape[-1])
-    return DataSpec(name=name, resolution=resolution)
-
-
-def _check_args(args) -> None:
-    """Raise ConfigError for contradictory or incomplete argument combinations."""
-    from genlab.errors import ConfigError
-
-    if args.run and args.real:
-        raise ConfigError("give either RUN_DIR or --real DATA, not both")
-    if not args.run and not args.real:
-        raise ConfigError("give a RUN_DIR, or --real DATA --samples FILE.npz")
-    if args.real and not args.samples:
-        raise ConfigError("--real DATA needs --samples FILE.npz (the samples to score)")
-    if args.samples and (args.sampler or args.steps):
-        raise ConfigError("--sampler/--steps draw new samples from a run; drop them when giving --samples FILE.npz")
-
-
-def run_eval(args) -> int:
+def run(args) -> int:
     """Run `genlab eval` for parsed `args`; returns the exit code (errors are raised as GenlabError)."""
-    _check_args(args)
-    if args.run:  # eval.csv and samples/eval-*.png are written into the run folder
-        from genlab.safepaths import check_run_links
+    # lazy: the engine imports torch and Lightning (seconds); `genlab --help` must not
+    from genlab.engine.evaluate import evaluate
 
-        check_run_links(args.run)
-    from genlab.eval.evaluate import append_metrics_csv, evaluate_run, evaluate_samples
-    from genlab.eval.features import check_features_mode
-
-    check_features_mode(args.features)
-    common = {"n_real": args.n_real, "seed": args.seed, "features": args.features}
-    if args.samples:
-        samples = load_samples_npz(args.samples)
-        if args.real:
-            result = evaluate_samples(samples, spec_for_samples(args.real, samples), **common)
-        else:
-            from genlab.runs import read_run
-
-            cfg, _ = read_run(Path(args.run))
-            result = {**evaluate_samples(samples, cfg.data, **common), "run": str(args.run)}
-        result["samples_file"] = str(args.samples)
-    else:
-        from genlab.memory import check_sample_memory
-        from genlab.runs import read_run
-
-        check_sample_memory(args.n, read_run(Path(args.run))[1].shape, flag="--n")
-        result = evaluate_run(args.run, args.n, args.sampler, args.steps, args.seed,
-                              features=args.features, n_real=args.n_real, nll_n=args.nll_n)
-    if args.run:
-        result["eval_csv"] = str(append_metrics_csv(args.run, result))
+    result = evaluate(args.run, real=args.real, samples_file=args.samples, n=args.n, sampler=args.sampler,
+                      steps=args.steps, seed=args.seed, features=args.features, n_real=args.n_real,
+                      nll_n=args.nll_n)
     if args.json:
         print(json.dumps(_jsonable(result), sort_keys=False))
     else:
@@ -177,10 +87,16 @@ def _fmt(value) -> str:
 
 def print_table(result: dict, file=None) -> None:
     """Print the metrics as a (metric, value, floor) table with rich, headed by what was compared."""
+    # lazy: rich and the metrics module import torch-adjacent code; the parser must stay instant
     from rich.console import Console
     from rich.table import Table
 
-    from genlab.eval.evaluate import HIGHER_IS_BETTER, IMAGE_METRICS, LIKELIHOOD_METRICS, POINT_METRICS
+    from genlab.eval.scores import (
+        HIGHER_IS_BETTER,
+        IMAGE_METRICS,
+        LIKELIHOOD_METRICS,
+        POINT_METRICS,
+    )
 
     console = Console(file=file or sys.stdout, highlight=False)
     ev = result["evaluator"]

@@ -34,7 +34,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from genlab.checkpoint import latest_checkpoint, load_checkpoint
+from genlab.engine.checkpoint import latest_checkpoint, load_checkpoint
 from genlab.errors import CheckpointError, TrainingError
 from genlab.models.base import all_finite
 

@@ -3,7 +3,7 @@
 The report is built once as a list of blocks (heading, paragraph, list, table, figure, code)
 and rendered twice, to Markdown and to HTML, so the two always say the same. The folder is
 self-contained: the pages link figures/ by relative paths. Conclusions come from
-`genlab.eval.conclusions`, a pure function of results.csv's rows.
+`genlab.experiments.compare.conclusions`, a pure function of results.csv's rows.
 """
 
 from __future__ import annotations
@@ -16,10 +16,34 @@ import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from genlab.eval import figures as F
-from genlab.eval.conclusions import (ALPHA, LIKELIHOOD, PRIMARY_METRIC, RESULT_COLUMNS, conclusions, direction, fmt,
-                                     floors, label, results_rows, summarise)
+from genlab.data import load_dataset
+from genlab.engine.interpolate import (
+    has_latent,
+    interpolate_latents,
+    save_interpolation,
+)
+from genlab.engine.runs import load_run_model, read_run
+from genlab.eval import toy as T
+from genlab.eval.scores import IMAGE_METRICS, POINT_METRICS
+from genlab.experiments.compare import figures as F
+from genlab.experiments.compare.conclusions import (
+    ALPHA,
+    LIKELIHOOD,
+    PRIMARY_METRIC,
+    RESULT_COLUMNS,
+    conclusions,
+    direction,
+    floors,
+    fmt,
+    label,
+    results_rows,
+    summarise,
+)
+from genlab.experiments.compare.scoring import SAMPLES_NPZ, best_and_worst
+from genlab.experiments.compare.settings import data_kind
+from genlab.models.registry import family_class
 
 logger = logging.getLogger("genlab")
 RESULTS_CSV, REPORT_MD, REPORT_HTML, FIGURES = "results.csv", "report.md", "report.html", "figures"
@@ -32,7 +56,6 @@ INTERPOLATION_PAIRS, INTERPOLATION_STEPS = 6, 8
 def write_report(inputs: dict) -> dict[str, Path]:
     """Write results.csv, the figures, report.md and report.html for `compare`'s inputs; returns their paths."""
     s, results = inputs["settings"], inputs["results"]
-    from genlab.eval.compare import data_kind
 
     kind = data_kind(s.data)
     rows = results_rows(results, kind)
@@ -174,8 +197,6 @@ def report_blocks(inputs: dict, kind: str, rows: list[dict], problems: list[str]
 
 
 def _quality(kind: str) -> tuple[str, ...]:
-    from genlab.eval.evaluate import IMAGE_METRICS, POINT_METRICS
-
     return IMAGE_METRICS if kind == "image" else POINT_METRICS
 
 
@@ -248,8 +269,6 @@ def _runs_table(results) -> tuple[list, list]:
 
 
 def _load_samples(folder: Path) -> np.ndarray | None:
-    from genlab.eval.scoring import SAMPLES_NPZ
-
     path = folder / SAMPLES_NPZ
     if not path.is_file():
         return None
@@ -258,8 +277,6 @@ def _load_samples(folder: Path) -> np.ndarray | None:
 
 
 def _samples_figure(results, families, kind, primary, path: Path) -> Path | None:
-    from genlab.eval.scoring import best_and_worst
-
     panels = []
     for family in families:
         pair = best_and_worst(results, family, kind)
@@ -274,9 +291,6 @@ def _samples_figure(results, families, kind, primary, path: Path) -> Path | None
         return None
     reference = None
     if kind == "vector":
-        from genlab.data import load_dataset
-        from genlab.runs import read_run
-
         cfg, _ = read_run(Path(next(r.folder for r in results if r.status == "ok")))
         reference = load_dataset(cfg.data, "test").x.numpy()
     return F.sample_panels(panels, reference, path)
@@ -301,16 +315,11 @@ def _coverage(results, families, kind, colours, figure) -> list[tuple]:
 
 def _real_shares(results, kind: str, k: int) -> list[float] | None:
     """The real test split's shares per class (labels) or per mode (high-quality points), the histogram's reference."""
-    from genlab.data import load_dataset
-    from genlab.runs import read_run
-
     ok = [r for r in results if r.status == "ok"]
     if not ok:
         return None
     test = load_dataset(read_run(Path(ok[0].folder))[0].data, "test")
     if kind == "vector":
-        from genlab.eval import toy as T
-
         if test.modes is None or test.mode_std is None:
             return None
         counts = T.mode_coverage(test.x, test.modes, test.mode_std).counts.numpy()
@@ -324,17 +333,12 @@ def _real_shares(results, kind: str, k: int) -> list[float] | None:
 def _interpolations(results, families, kind, figure) -> list[tuple]:
     """Latent interpolations (genlab/eval/interpolate.py) on the best seed of each family with a latent space:
     between held-out examples for families with an encoder (VAE), between prior draws otherwise (GAN)."""
-    from genlab.eval.scoring import best_and_worst
-
     blocks = []
     for family in families:
         pair = best_and_worst(results, family, kind)
         if pair is None:
             continue
         try:
-            from genlab.eval.interpolate import has_latent
-            from genlab.models import family_class
-
             if not has_latent(family_class(family)):
                 continue
         except Exception:  # a family (or module) that does not import has no interpolation to show
@@ -351,12 +355,6 @@ def _interpolations(results, families, kind, figure) -> list[tuple]:
 
 def _interpolation_figure(folder: Path, path: Path) -> Path:
     """Interpolations of a run's model between pairs of held-out examples (or prior draws), as one PNG."""
-    import torch
-
-    from genlab.data import load_dataset
-    from genlab.eval.interpolate import interpolate_latents, save_interpolation
-    from genlab.runs import load_run_model, read_run
-
     cfg, _ = read_run(folder)
     model = load_run_model(folder)
     test = load_dataset(cfg.data, "test")

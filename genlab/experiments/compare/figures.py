@@ -12,8 +12,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-from genlab.eval.conclusions import HIGHER, Summary, direction, label
+from genlab.experiments.compare.conclusions import HIGHER, Summary, direction, label
+from genlab.imageio import image_grid
 
 DPI = 110
 FLOOR_STYLE = {"color": "0.35", "linestyle": "--", "linewidth": 1.0}
@@ -21,8 +26,6 @@ FLOOR_STYLE = {"color": "0.35", "linestyle": "--", "linewidth": 1.0}
 
 def new_figure(width: float, height: float):
     """A matplotlib Figure of width x height inches (constrained layout), not attached to pyplot."""
-    from matplotlib.figure import Figure
-
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
@@ -35,8 +38,6 @@ def save_figure(fig, path: Path) -> Path:
 
 def family_colours(families: list[str]) -> dict[str, tuple]:
     """A fixed colour per family (matplotlib's tab10, in the given order)."""
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10"]
     return {family: cmap(i % 10) for i, family in enumerate(families)}
 
@@ -44,8 +45,6 @@ def family_colours(families: list[str]) -> dict[str, tuple]:
 def _log_if_wide(ax, values, axis: str = "y", ticks: bool = False) -> None:
     """A log scale on `axis` when the positive `values` span more than a factor of 10 (else linear);
     with `ticks`, tick marks at the values themselves, labelled as plain numbers."""
-    from matplotlib.ticker import NullFormatter
-
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values or min(values) <= 0:
         return
@@ -262,8 +261,4 @@ def _extent(points: np.ndarray) -> float:
 
 def tile_images(x: np.ndarray) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> one (H', W'[, C]) array in [0, 1]: genlab's sample grid (imageio.image_grid)."""
-    import torch
-
-    from genlab.imageio import image_grid
-
     return np.asarray(image_grid(torch.from_numpy(np.ascontiguousarray(x)))) / 255.0

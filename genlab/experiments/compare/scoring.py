@@ -9,15 +9,38 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
+from genlab.data import load_dataset
+from genlab.engine.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
+from genlab.engine.evaluate import held_out_bits_per_dim
+from genlab.engine.runs import CHECKPOINTS, load_run_model, read_run
 from genlab.errors import DataError
+from genlab.eval import toy as T
+from genlab.eval.features import build_evaluator, single_thread
+from genlab.eval.scores import (
+    DEFAULT_MAX_REAL,
+    FLOOR_SPLIT,
+    IMAGE_METRICS,
+    POINT_METRICS,
+    REAL_SPLIT,
+    evaluate_samples,
+)
+from genlab.experiments.compare.conclusions import PRIMARY_METRIC
+from genlab.imageio import save_samples
 
 if TYPE_CHECKING:
-    from genlab.eval.compare import RunResult
+    from genlab.experiments.compare.settings import RunResult
 
 SAMPLES_NPZ = "compare-samples.npz"  # the samples drawn for the report's pictures (64 images or every point)
 MIN_CLASSES = 3  # a run whose samples cover fewer classes (or toy modes) than this has collapsed
@@ -26,9 +49,6 @@ TIMING_SECONDS, TIMING_REPEATS = 1.0, 20  # sampling speed: repeat calls until t
 
 def training_record(folder: Path, batch_size: int) -> dict:
     """Steps, images seen and training seconds of a finished run, read from its newest checkpoint."""
-    from genlab.checkpoint import latest_checkpoint, load_checkpoint
-    from genlab.runs import CHECKPOINTS
-
     state = load_checkpoint(latest_checkpoint(folder / CHECKPOINTS))
     steps = int(state.get("global_step", 0))
     seconds = state.get("callbacks", {}).get("StopConditions", {}).get("train_seconds")
@@ -38,16 +58,11 @@ def training_record(folder: Path, batch_size: int) -> dict:
 
 def training_started(folder: Path) -> bool:
     """Whether a run folder shows training steps (a checkpoint, or logged metrics)."""
-    from genlab.checkpoint import list_checkpoints
-    from genlab.runs import CHECKPOINTS
-
     return bool(list_checkpoints(folder / CHECKPOINTS)) or (folder / "metrics.csv").is_file()
 
 
 def loss_nan_count(folder: Path) -> int:
     """Rows of metrics.csv in which a logged training loss is NaN or infinite."""
-    import csv
-
     path = folder / "metrics.csv"
     if not path.is_file():
         return 0
@@ -70,14 +85,6 @@ def score_run(folder: Path, n: int, nll_n: int, seed: int) -> dict:
     Returns:
         {"status", "error", "metrics", "floor", "class_counts", "mode_counts", "likelihood", "likelihood_unit"}.
     """
-    import torch
-
-    from genlab.data import load_dataset
-    from genlab.eval.evaluate import (DEFAULT_MAX_REAL, FLOOR_SPLIT, IMAGE_METRICS, POINT_METRICS, REAL_SPLIT,
-                                      evaluate_samples, held_out_bits_per_dim)
-    from genlab.imageio import save_samples
-    from genlab.runs import load_run_model, read_run
-
     cfg, _ = read_run(folder)
     test, train = load_dataset(cfg.data, REAL_SPLIT), load_dataset(cfg.data, FLOOR_SPLIT)
     n = min(n, len(test), len(train), DEFAULT_MAX_REAL)
@@ -106,8 +113,6 @@ def timed_sample(model, n: int, seed: int, **opts):
     """(n samples, samples per second) of `model.sample`: a small warm-up call, then timed calls of n
     samples, repeated (up to TIMING_REPEATS) until TIMING_SECONDS have passed, so that fast samplers
     are not timed from one call of a few milliseconds."""
-    import torch
-
     model.sample(min(n, 16), generator=torch.Generator().manual_seed(seed), **opts)
     calls, start = 0, time.perf_counter()
     while True:
@@ -120,15 +125,12 @@ def timed_sample(model, n: int, seed: int, **opts):
 
 def sample_histograms(samples, train, test) -> tuple[list | None, list | None]:
     """(samples per evaluator class, high-quality samples per toy mode); None where the data have neither."""
-    from genlab.eval import toy as T
-
-    if test.kind == "vector":
+    if test.modality == "vector":
         if test.modes is None or test.mode_std is None:
             return None, None
         return None, [int(c) for c in T.mode_coverage(samples.float(), test.modes, test.mode_std).counts]
     if test.y is None:
         return None, None
-    from genlab.eval.features import build_evaluator, single_thread
 
     with single_thread():
         _, logits = build_evaluator(train, test, "auto").embed(samples.float())
@@ -167,8 +169,6 @@ def divergence(result: RunResult, nan_rows: int, started: bool) -> str | None:
 
 def best_and_worst(results: list[RunResult], family: str, kind: str) -> tuple[RunResult, RunResult] | None:
     """The scored runs of `family` with the lowest and the highest primary metric, or None if none scored."""
-    from genlab.eval.conclusions import PRIMARY_METRIC
-
     metric = PRIMARY_METRIC[kind]
     scored = [r for r in results if r.family == family and r.status == "ok" and r.metrics.get(metric) is not None]
     if not scored:

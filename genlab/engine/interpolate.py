@@ -12,22 +12,29 @@ Interpolation: spherical (slerp, White 2016, "Sampling generative networks", Sec
 Shoemake 1985), which keeps a path of Gaussian latents at the typical norm where a straight line
 cuts through the low-density centre, or linear. Both pass through the two latents at t = 0 and 1.
 
-torch is imported inside the functions, so building the parser costs nothing (see genlab/cli.py).
+The command line is `genlab/cli/interpolate.py`.
 """
 
 from __future__ import annotations
 
-import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genlab.argtypes import nonneg_int, positive_int
+import torch
+from PIL import ImageDraw
+
+from genlab.data import load_dataset
+from genlab.engine.runs import SAMPLES, load_run_model, read_run
+from genlab.errors import ConfigError, unknown_name_error
+from genlab.eval.toy import scatter_extent
+from genlab.imageio import image_grid, plot_pixels, scatter_plot
+from genlab.models.registry import FAMILIES, family_class
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-INTERPOLATION_METHODS = ("slerp", "linear")
 PLOT_SIZE = 512
 # a parallel pair has no plane to turn in: below this sin(theta) slerp is its limit, the straight line
 SLERP_MIN_SIN = 1e-6
@@ -51,8 +58,6 @@ def slerp(z0: Tensor, z1: Tensor, t: Tensor) -> Tensor:
 
     theta the angle between q1 and q2. Rows that are (anti)parallel fall back to `lerp`.
     """
-    import torch
-
     cos = torch.nn.functional.cosine_similarity(z0.double(), z1.double(), dim=1).clamp(-1, 1)  # (B,)
     theta = torch.arccos(cos)
     sin = torch.sin(theta)
@@ -75,21 +80,17 @@ def has_latent(model) -> bool:
 
 def latent_families() -> list[str]:
     """The names of the registered families with a latent space."""
-    from genlab.models import FAMILIES, family_class
-
     return [name for name in FAMILIES if has_latent(family_class(name))]
 
 
 def check_interpolation(rows: int, steps: int, method: str) -> None:
     """Raise ConfigError for a path of fewer than 2 points, no rows, or an unknown method."""
-    from genlab.errors import ConfigError, unknown_name_error
-
     if steps < 2:
         raise ConfigError(f"--steps {steps} is too few: a path needs at least 2 points (its two ends)")
     if rows < 1:
         raise ConfigError(f"--rows {rows} must be at least 1")
     if method not in INTERPOLATIONS:
-        raise unknown_name_error("interpolation method", method, INTERPOLATIONS, ConfigError)
+        raise ConfigError(f"--method: {unknown_name_error('interpolation method', method, INTERPOLATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,6 @@ def interpolate_latents(model, *, rows: int, steps: int, method: str = "slerp", 
         ema: encode and decode with the EMA weights (default) or the raw ones.
     """
     check_interpolation(rows, steps, method)
-    import torch
 
     if ends is not None and callable(getattr(model, "encode", None)):
         assert ends.shape[:2] == (rows, 2), f"ends must be (rows={rows}, 2, ...), got {tuple(ends.shape)}"
@@ -141,8 +141,6 @@ def interpolate_latents(model, *, rows: int, steps: int, method: str = "slerp", 
 
 def strip_images(result: Interpolation) -> Tensor:
     """The images of the strip, row by row: (rows * columns, C, H, W), columns = steps (+ 2 real ends)."""
-    import torch
-
     if result.ends is None:
         return result.path.flatten(0, 1)
     rows = torch.cat([result.ends[:, :1], result.path, result.ends[:, 1:]], dim=1)  # (rows, steps + 2, C, H, W)
@@ -161,12 +159,6 @@ def image_scale(height: int) -> int:
 
 def paths_plot(result: Interpolation, reference: Tensor, size: int = PLOT_SIZE):
     """A PIL image: reference points (grey), each path as a coloured line with its points, real ends as rings."""
-    import torch
-    from PIL import ImageDraw
-
-    from genlab.eval.toy import scatter_extent
-    from genlab.imageio import plot_pixels, scatter_plot
-
     points = [result.path.flatten(0, 1)] + ([] if result.ends is None else [result.ends.flatten(0, 1)])
     extent = scatter_extent(torch.cat([reference, *points]))
     img = scatter_plot(reference[:0], reference, size=size, extent=extent)
@@ -185,10 +177,6 @@ def paths_plot(result: Interpolation, reference: Tensor, size: int = PLOT_SIZE):
 
 def save_interpolation(result: Interpolation, path: Path, reference: Tensor | None = None) -> Path:
     """Write the strip (images) or the paths plot (vectors, over `reference` points) as a PNG, atomically."""
-    import os
-
-    from genlab.imageio import image_grid
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -221,13 +209,6 @@ def interpolate_run(run_dir, out=None, *, rows: int = 4, steps: int = 8, seed: i
         ConfigError: a family without a latent space, bad rows/steps/method, an --out that is not .png.
         CheckpointError: RUN_DIR is not a run.
     """
-    import torch
-
-    from genlab.data import load_dataset
-    from genlab.errors import ConfigError
-    from genlab.models import family_class
-    from genlab.runs import SAMPLES, load_run_model, read_run
-
     run_dir = Path(run_dir)
     cfg, _ = read_run(run_dir)
     if not has_latent(family_class(cfg.family)):
@@ -246,35 +227,4 @@ def interpolate_run(run_dir, out=None, *, rows: int = 4, steps: int = 8, seed: i
             raise ConfigError(f"--rows {rows} needs {2 * rows} test examples, but {cfg.data.name} holds {len(test)}")
         ends = test.x[torch.randperm(len(test), generator=g)[: 2 * rows]].reshape(rows, 2, *test.shape)
     result = interpolate_latents(model, rows=rows, steps=steps, method=method, generator=g, ends=ends, ema=ema)
-    return save_interpolation(result, out, reference=test.x if test.kind == "vector" else None)
-
-
-# ---------------------------------------------------------------- command line
-
-
-def add_interpolate_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the `interpolate` command to an argparse subparsers object; returns its parser."""
-    p = subparsers.add_parser(
-        "interpolate", help="decode paths between pairs of latents of a run (VAE, GAN) into a PNG",
-        description="Interpolate in the latent space of a trained run: between the encodings of pairs of held-out "
-                    "test examples (families with an encoder, shown at the ends of each row) or pairs of prior "
-                    "draws (GAN). Images: a strip of rows x (steps + ends); 2-D data: the paths over the test "
-                    "points.",
-        epilog="example: genlab interpolate runs/digits-vae --rows 4 --steps 8 --method slerp --out strip.png")
-    p.add_argument("run", metavar="RUN_DIR", help="a run folder written by `genlab train`")
-    p.add_argument("--out", help="output PNG (default: RUN_DIR/samples/interpolate-<method>-seed<seed>.png)")
-    p.add_argument("--rows", type=positive_int, default=4, help="number of paths (default 4)")
-    p.add_argument("--steps", type=positive_int, default=8, help="decoded points per path, ends included (default 8)")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="chooses the pairs of examples or prior draws (default 0)")
-    p.add_argument("--method", default="slerp", choices=INTERPOLATION_METHODS,
-                   help="slerp (spherical, White 2016) or linear (default slerp)")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights (default)")
-    return p
-
-
-def run_interpolate(args) -> int:
-    """Run `genlab interpolate` for parsed `args`; returns the exit code (errors are raised as GenlabError)."""
-    path = interpolate_run(args.run, args.out, rows=args.rows, steps=args.steps, seed=args.seed, method=args.method,
-                           ema=args.ema)
-    print(f"wrote {path}")
-    return 0
+    return save_interpolation(result, out, reference=test.x if test.modality == "vector" else None)

@@ -3,19 +3,25 @@
     genlab compare --data digits --families diffusion,gan,vae,pixelcnn,rbm --budget 10m --seeds 3 --out reports/digits
     genlab compare --data 8gaussians --budget-images 200000 --out reports/8g optim.lr=1e-3
 
-Thin by design: parsing here, everything else in `genlab.eval.compare` (orchestration) and
-`genlab.eval.report` (the report). Nothing heavy is imported to build the parser.
+Thin by design: parsing here, everything else in `genlab.experiments.compare` (plan, execute, score,
+conclude, report). Nothing heavy is imported to build the parser.
 """
 
 from __future__ import annotations
 
 import argparse
+import webbrowser
 from pathlib import Path
 
-from genlab.argtypes import nonneg_int, positive_int
-from genlab.eval.compare import DEFAULT_STEPS_GRID  # standard library only at import: --help stays instant
+from genlab.cli.argtypes import nonneg_int, positive_int
+from genlab.cli.common import quiet_lightning
+from genlab.errors import ConfigError
+from genlab.experiments.compare.defaults import (
+    DEFAULT_BUDGET_SECONDS,
+    DEFAULT_FAMILIES,
+    DEFAULT_STEPS_GRID,
+)
 
-DEFAULT_FAMILIES = "diffusion,gan,vae,pixelcnn,rbm"
 INTERRUPTED = 130  # the shell's exit status for Ctrl-C
 EPILOG = ("example: genlab compare --data digits --families diffusion,gan,vae --budget 10m --seeds 3 "
           "--out reports/digits  (then open reports/digits/report.html)")
@@ -31,7 +37,7 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
-def add_compare_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add the `compare` command to an argparse subparsers object; returns its parser."""
     p = subparsers.add_parser(
         "compare", help="train every family on the same data and budget over several seeds; write a report",
@@ -45,7 +51,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
                    help="config overrides applied to every family, e.g. data.resolution=32 (they win over the budget)")
     p.add_argument("--data", default="digits", help="digits, a 2-D toy (8gaussians, 25gaussians, ...) or folder:PATH "
                                                      "(default digits)")
-    p.add_argument("--families", default=DEFAULT_FAMILIES, help=f"comma-separated families (default {DEFAULT_FAMILIES})")
+    p.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
+                   help=f"comma-separated families (default {','.join(DEFAULT_FAMILIES)})")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per family: 0..N-1 (default 3)")
     p.add_argument("--budget", metavar="DURATION", help="training time per run, e.g. 90s, 10m, 1h; evaluations during "
                                                         "training do not count (default 1m: a quick first look)")
@@ -69,8 +76,12 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 
 def settings_from_args(args):
     """CompareSettings from parsed arguments (ConfigError for a bad budget or a missing config folder)."""
-    from genlab.errors import ConfigError
-    from genlab.eval.compare import DEFAULT_BUDGET_SECONDS, CompareSettings, default_config_dir, parse_budget
+    # lazy: the settings module imports torch (seconds); `genlab --help` must not
+    from genlab.experiments.compare.settings import (
+        CompareSettings,
+        default_config_dir,
+        parse_budget,
+    )
 
     budget = parse_budget(args.budget) if args.budget else (None if args.budget_images else DEFAULT_BUDGET_SECONDS)
     config_dir = Path(args.config_dir) if args.config_dir else default_config_dir()
@@ -85,9 +96,12 @@ def settings_from_args(args):
                            n=args.n, nll_n=args.nll_n, samplers=samplers, steps_grid=tuple(args.steps_grid))
 
 
-def run_compare(args) -> int:
+def run(args) -> int:
     """Run `genlab compare` for parsed `args`; returns the exit code (errors are raised as GenlabError)."""
-    from genlab.eval.compare import compare
+    # lazy: training and scoring import torch and Lightning (seconds); `genlab --help` must not
+    from genlab.experiments.compare.execute import compare
+
+    quiet_lightning(args.verbose)
 
     settings = settings_from_args(args)
     try:
@@ -97,7 +111,5 @@ def run_compare(args) -> int:
               f"go on from there", flush=True)
         return INTERRUPTED
     if args.open:
-        import webbrowser
-
         webbrowser.open(done["report"]["html"].resolve().as_uri())
     return 0

@@ -21,7 +21,9 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from genlab.eval.evaluate import HIGHER_IS_BETTER, IMAGE_METRICS, POINT_METRICS
+from scipy.stats import ttest_ind_from_stats
+
+from genlab.eval.scores import HIGHER_IS_BETTER, IMAGE_METRICS, POINT_METRICS
 
 ALPHA = 0.05  # significance level of the Welch t-test between the first two families
 COST_METRICS = ("samples_per_s", "nfe")
@@ -170,7 +172,6 @@ def welch_p(a: Summary, b: Summary) -> float | None:
         return None
     if a.std == 0 and b.std == 0:
         return 1.0 if a.mean == b.mean else 0.0
-    from scipy.stats import ttest_ind_from_stats
 
     return float(ttest_ind_from_stats(a.mean, a.std, a.n, b.mean, b.std, b.n, equal_var=False).pvalue)
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from genlab.config import RunConfig, load_config
+from genlab import __version__
+from genlab.data.base import DataInfo
+from genlab.engine.checkpoint import latest_checkpoint, load_tensors
+from genlab.engine.config import RunConfig, load_config
 from genlab.errors import CheckpointError
+from genlab.models.registry import build_model
 
 CHECKPOINTS, SAMPLES, RUN_JSON, CONFIG_YAML = "checkpoints", "samples", "run.json", "config.yaml"
 
 
 def read_run(run_dir: Path):
     """The resolved config and the DataInfo of an existing run folder."""
-    from genlab.models.base import DataInfo
-
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_YAML).is_file() or not (run_dir / RUN_JSON).is_file():
         raise CheckpointError(f"{run_dir} is not a genlab run folder (no {CONFIG_YAML} or {RUN_JSON}); "
@@ -30,8 +32,6 @@ def read_run(run_dir: Path):
 
 def write_run_json(run_dir: Path, cfg: RunConfig, info) -> None:
     """Record what `read_run` needs to rebuild the model without its data."""
-    from genlab import __version__
-
     meta = {"family": cfg.family, "data_info": info.to_dict(), "genlab_version": __version__}
     tmp = Path(run_dir) / (RUN_JSON + ".tmp")
     tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
@@ -40,9 +40,6 @@ def write_run_json(run_dir: Path, cfg: RunConfig, info) -> None:
 
 def load_run_model(run_dir: Path, checkpoint: Path | None = None):
     """The model of a run with the weights (net and EMA) of its latest valid checkpoint, in eval mode."""
-    from genlab.checkpoint import latest_checkpoint
-    from genlab.models import build_model
-
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
     model = build_model(cfg.family, cfg.model, info, cfg.optim)
@@ -58,8 +55,6 @@ def load_weights(model, path: Path, config_path: Path) -> None:
         path: the checkpoint (JSON path or stem).
         config_path: the config the model was built from, named in the error.
     """
-    from genlab.checkpoint import load_tensors
-
     state = load_tensors(path, prefix="state_dict/")
     missing, unexpected = sorted(set(model.state_dict()) - set(state)), sorted(set(state) - set(model.state_dict()))
     if missing or unexpected:

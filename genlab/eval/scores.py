@@ -17,20 +17,15 @@ Protocol (one rule for every dataset):
 
 from __future__ import annotations
 
-import csv
-import io
-import math
-import os
-from datetime import datetime, timezone
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
+from genlab.data import load_dataset
 from genlab.data.base import DataSpec, TensorData
 from genlab.errors import DataError
 from genlab.eval import metrics as M
 from genlab.eval import toy as T
+from genlab.eval.features import build_evaluator, check_features_mode, single_thread
 
 REAL_SPLIT, FLOOR_SPLIT = "test", "train"
 # The most real points compared by default: k-NN metrics and MMD cost O(m^2), and 5000 points
@@ -40,7 +35,6 @@ DEFAULT_MAX_REAL = 5000
 MIN_SAMPLES = 4 * M.DENSITY_COVERAGE_K
 # Image samples may overshoot [-1, 1] by float round-off; beyond this they are not images in that range.
 RANGE_TOLERANCE = 1e-3
-EVAL_CSV = "eval.csv"
 POINTS_EVALUATOR = {"name": "none (metrics on the 2-D points themselves)", "sha256": None, "accuracy": None}
 
 # Metric order for reports; lower is better unless listed in HIGHER_IS_BETTER.
@@ -70,7 +64,7 @@ def check_samples(samples: Tensor, data: TensorData) -> Tensor:
         bad = int((~torch.isfinite(samples)).flatten(1).any(dim=1).sum())
         raise DataError(f"{bad} of {len(samples)} samples contain NaN or inf; "
                         "the model diverged or the file is corrupt")
-    if data.kind == "image":
+    if data.modality == "image":
         lo, hi = float(samples.min()), float(samples.max())
         if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
             raise DataError(f"image samples must lie in [-1, 1], got [{lo:.3g}, {hi:.3g}]; "
@@ -98,8 +92,6 @@ def class_scores(logits: Tensor, reference: Tensor) -> dict[str, float]:
 def _evaluate_images(fake: Tensor, real: Tensor, floor: Tensor, train: TensorData, test: TensorData,
                      features: str, seed: int, root) -> tuple[dict, dict, dict]:
     """(metrics, floor, evaluator identity) for image sets of equal size."""
-    from genlab.eval.features import build_evaluator
-
     evaluator = build_evaluator(train, test, features, root)
     f_fake, l_fake = evaluator.embed(fake)
     f_real, l_real = evaluator.embed(real)
@@ -155,9 +147,6 @@ def evaluate_samples(
         DataError: samples of the wrong shape, too few, non-finite, or out of range.
         ConfigError: an unknown or unavailable `features` choice.
     """
-    from genlab.data import load_dataset
-    from genlab.eval.features import check_features_mode, single_thread
-
     check_features_mode(features)
     train, test = load_dataset(data, FLOOR_SPLIT), load_dataset(data, REAL_SPLIT)
     samples = check_samples(samples, test)
@@ -173,177 +162,10 @@ def evaluate_samples(
     # One thread: these are many small products, and on a shared machine two torch threads
     # that wait on each other made them up to 50x slower; single_thread restores the count.
     with single_thread():
-        if test.kind == "image":
+        if test.modality == "image":
             scores, floors, identity = _evaluate_images(fake, real, floor, train, test, features, seed, cache_root)
         else:
             scores, floors, identity = _evaluate_points(fake, real, floor, test)
-    return {"dataset": data.name, "kind": test.kind, **scores, "floor": floors, "evaluator": identity,
+    return {"dataset": data.name, "kind": test.modality, **scores, "floor": floors, "evaluator": identity,
             "n_samples": m, "n_given": len(samples), "n_real": m, "real_split": REAL_SPLIT,
             "floor_split": FLOOR_SPLIT, "seed": seed}
-
-
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    n: int = 2000,
-    sampler: str | None = None,
-    steps: int | None = None,
-    seed: int = 0,
-    *,
-    features: str = "auto",
-    n_real: int | None = None,
-    plot: bool = True,
-    nll_n: int = 100,
-) -> dict:
-    """Draw n samples from a run's latest checkpoint and score them with `evaluate_samples`.
-
-    Args:
-        run_dir: a run folder written by `genlab train`.
-        n: most samples to draw; only m = min(n, test split, train split, n_real) are scored, so
-            no more than m are drawn (see the module doc).
-        sampler, steps: sampler name and step count (default: the run's).
-        seed: seeds sampling and the evaluation draws.
-        features, n_real: passed to `evaluate_samples`.
-        plot: also write `<run>/samples/eval-seed<seed>.png` (grid or scatter over the test points).
-        nll_n: held-out examples whose likelihood is measured (`nll_bpd`, bits/dim) when the family
-            defines `log_likelihood`; 0 skips it.
-
-    Returns:
-        `evaluate_samples`' dict plus "run", "sampler", "steps" and "plot" (the PNG path or None).
-    """
-    from genlab.runs import SAMPLES, load_run_model, read_run
-
-    from genlab.data import load_dataset
-
-    run_dir = Path(run_dir)
-    cfg, _ = read_run(run_dir)
-    # only m = min(n, test, train, n_real) samples are scored: draw no more than that
-    limit = DEFAULT_MAX_REAL if n_real is None else n_real
-    n = min(n, len(load_dataset(cfg.data, REAL_SPLIT)), len(load_dataset(cfg.data, FLOOR_SPLIT)), limit)
-    model = load_run_model(run_dir)
-    opts = model.check_sample_options(sampler=sampler, steps=steps)
-    with torch.no_grad():
-        samples = model.sample(n, generator=torch.Generator().manual_seed(seed), **opts)
-    result = evaluate_samples(samples, cfg.data, n_real=n_real, seed=seed, features=features)
-    result.update(run=str(run_dir), sampler=sampler, steps=steps, plot=None)
-    if nll_n and hasattr(model, "log_likelihood"):
-        result["nll_bpd"] = held_out_bits_per_dim(model, cfg.data, nll_n, seed)
-    if plot:
-        result["plot"] = str(write_plot(samples, cfg.data, run_dir / SAMPLES / f"eval-seed{seed}.png"))
-    return result
-
-
-def held_out_bits_per_dim(model, data: DataSpec, n: int, seed: int = 0) -> float:
-    """Mean negative log-likelihood in bits/dim of the first n held-out examples under `model`.
-
-    Images are dequantised at 256 levels (as if stored as 8-bit pixels); vectors report the
-    continuous density's bits/dim (which can be negative).
-    """
-    from genlab.data import load_dataset
-
-    test = load_dataset(data, REAL_SPLIT)
-    x = test.x[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]]
-    return float(model.log_likelihood(x, generator=torch.Generator().manual_seed(seed)).mean())
-
-
-def write_plot(samples: Tensor, data: DataSpec, path: Path) -> Path:
-    """A PNG of the samples: an image grid of the first 64, or a scatter over the test points."""
-    from genlab.data import load_dataset
-    from genlab.imageio import save_samples
-
-    if samples.dim() == 2:
-        return T.save_scatter(samples, path, reference=load_dataset(data, REAL_SPLIT).x)
-    return save_samples(samples[:64], path)
-
-
-def flatten(row: dict, prefix: str = "") -> dict:
-    """Nested dicts to one level with "_"-joined keys: {"floor": {"fd": 1}} -> {"floor_fd": 1}."""
-    flat: dict = {}
-    for key, value in row.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}_"))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _csv_text(columns: list[str], rows: list[dict], header: bool) -> str:
-    """CSV text of `rows` under `columns` (missing values empty), with the header line when asked."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, restval="", extrasaction="raise", lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def drop_training_rows_after(run_dir: str | os.PathLike, step: int) -> int:
-    """Drop the rows of `<run>/eval.csv` that the trainer wrote (they have `train_seconds`) after `step`.
-
-    A resumed run restarts from its checkpoint at `step` and evaluates those steps again; rows
-    a killed process wrote past it would otherwise appear twice. Rows of `genlab eval` (no
-    `train_seconds`) are kept. The file is rewritten atomically. Returns the number dropped.
-    """
-    path = Path(run_dir) / EVAL_CSV
-    if not path.exists() or path.stat().st_size == 0:
-        return 0
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        columns, rows = list(reader.fieldnames or []), list(reader)
-
-    def later(row: dict) -> bool:
-        return bool(row.get("train_seconds")) and str(row.get("step", "")).isdigit() and int(row["step"]) > step
-
-    kept = [row for row in rows if not later(row)]
-    if len(kept) < len(rows):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(_csv_text(columns, kept, header=True), encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return len(rows) - len(kept)
-
-
-def _cell(value) -> object:
-    """A CSV cell: floats at full precision, None as empty, everything else as is."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isfinite(value):
-        return repr(value)
-    return value
-
-
-def append_metrics_csv(run_dir: str | os.PathLike, row: dict) -> Path:
-    """Append one evaluation to `<run>/eval.csv` (nested dicts flattened), adding a UTC timestamp.
-
-    The file has a header line. A row with the same columns is appended with one write (so
-    concurrent appends interleave whole lines); a row with new columns rewrites the file
-    atomically with the union of columns, earlier rows keeping empty cells for the new ones.
-
-    Returns:
-        The CSV path.
-    """
-    path = Path(run_dir) / EVAL_CSV
-    flat = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), **flatten(row)}
-    flat = {key: _cell(value) for key, value in flat.items()}
-    columns: list[str] = []
-    old_rows: list[dict] = []
-    if path.exists() and path.stat().st_size > 0:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = list(reader.fieldnames or [])
-            if set(flat) - set(columns):
-                old_rows = list(reader)
-    if columns and not set(flat) - set(columns):
-        with open(path, "a", encoding="utf-8", newline="") as f:
-            f.write(_csv_text(columns, [flat], header=False))
-        return path
-    columns = columns + [key for key in flat if key not in columns]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(_csv_text(columns, [*old_rows, flat], header=True), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -1,0 +1,287 @@
+"""The trainer: a Lightning Trainer with genlab's run folder, written once for every family.
+
+It adds to Lightning what genlab promises (the callbacks of engine/callbacks.py): EMA of weights with warm-up, atomic safetensors
+checkpoints every N steps and at the end (SafeCheckpointIO), exact resume (batches and noise
+are functions of (seed, step), see data/batches.py), a wall-clock budget, a clean stop on
+SIGINT/SIGTERM, a step progress bar with ETA, metrics.csv + TensorBoard, sample previews, and a
+guard against NaN/Inf (skip the step; after several in a row, restore the last checkpoint and lower
+the learning rate).
+
+Run folder (shared/DESIGN.md): config.yaml, run.json, checkpoints/, samples/, metrics.csv, tb/.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from torch.utils.data import DataLoader
+
+from genlab.data import load_dataset
+from genlab.data.base import DataInfo, TensorData
+from genlab.data.batches import StepBatches, mix_seed
+from genlab.engine.callbacks import (
+    EMACallback,
+    PeriodicEval,
+    SampleGrid,
+    StepCheckpoint,
+    StepProgress,
+    StopConditions,
+    TrainingClock,
+)
+from genlab.engine.checkpoint import (
+    SafeCheckpointIO,
+    checkpoint_step,
+    latest_checkpoint,
+    list_checkpoints,
+    remove_stale_temp_files,
+)
+from genlab.engine.config import RunConfig, load_config, save_config
+from genlab.engine.memory import check_activation_memory, check_parameter_memory
+from genlab.engine.nonfinite import NonFiniteGuard
+from genlab.engine.precision import resolve_precision
+from genlab.engine.runlock import RunLock
+from genlab.engine.runs import (
+    CHECKPOINTS,
+    CONFIG_YAML,
+    SAMPLES,
+    load_weights,
+    read_run,
+    write_run_json,
+)
+from genlab.errors import ConfigError
+from genlab.models.registry import build_model
+from genlab.safepaths import check_run_links
+
+logger = logging.getLogger("genlab")
+
+
+
+class StepDataModule(pl.LightningDataModule):
+    """Feeds StepBatches from the trainer's (restored) global step, sliced for this rank."""
+
+    def __init__(self, data: TensorData, cfg: RunConfig) -> None:
+        super().__init__()
+        self.data, self.cfg = data, cfg
+
+    def train_dataloader(self) -> DataLoader:
+        t = self.trainer
+        ds = StepBatches(self.data, self.cfg.optim.batch_size, self.cfg.seed, start_step=t.global_step,
+                         rank=t.global_rank, world_size=t.world_size, accumulate=self.cfg.optim.accumulate)
+        return DataLoader(ds, batch_size=None, num_workers=0)
+
+
+class MetricsWriter(ExperimentWriter):
+    """Lightning's metrics.csv writer, except that a resumed run appends to the file instead of deleting it.
+
+    Rows from step `keep_before` on were written after the checkpoint the run resumes from (by a
+    process that was then killed): they are dropped, since the resumed run writes them again.
+    """
+
+    def __init__(self, log_dir: str, keep_before: int) -> None:
+        self.keep_before = keep_before
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes an existing metrics.csv here, so a resumed run lost its history; keep
+        # it, and continue its columns so the rows line up.
+        if not os.path.isfile(self.metrics_file_path):
+            return
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.reader(f))
+        self.metrics_keys = rows[0] if rows else []
+        if "step" not in self.metrics_keys:
+            return
+        col = self.metrics_keys.index("step")
+        kept = [row for row in rows[1:] if len(row) > col and row[col].isdigit() and int(row[col]) < self.keep_before]
+        if len(kept) < len(rows) - 1:
+            tmp = self.metrics_file_path + ".tmp"
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows([self.metrics_keys, *kept])
+            os.replace(tmp, self.metrics_file_path)
+
+
+class MetricsCSVLogger(CSVLogger):
+    """CSVLogger writing through MetricsWriter (metrics.csv survives `genlab train --resume`).
+
+    Args:
+        keep_before: the step the run starts from; rows of later steps in an existing file are dropped.
+    """
+
+    def __init__(self, *args, keep_before: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_before = keep_before
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> MetricsWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = MetricsWriter(log_dir=self.log_dir, keep_before=self.keep_before)
+        return self._experiment
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _is_child_rank() -> bool:
+    """True in the extra processes that Lightning's `ddp` launcher starts (they re-run the command)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def train(cfg: RunConfig, out: Path, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Path:
+    """Train `cfg` into the run folder `out` (or continue the run there when `resume`); returns `out`.
+
+    Args:
+        callbacks: extra Lightning callbacks, run before genlab's own (tests inject faults with them).
+    """
+    out = Path(out)
+    if _is_child_rank():  # the launching process holds the lock and has checked the folder
+        return _train_locked(cfg, out, resume, True, callbacks)
+    _refuse_existing_run(out, resume)  # before taking the lock: a refused command leaves the folder as it was
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        check_run_links(out)  # before anything is written there, the lock file included
+        lock = RunLock(out).acquire()
+    except OSError as err:
+        raise ConfigError(f"cannot write to run folder {out}: {err.strerror or err}; choose another --out") from None
+    try:
+        _refuse_existing_run(out, resume)  # again under the lock: another process may have started one since
+        remove_stale_temp_files(out / CHECKPOINTS)  # what killed writers left: no live writer holds this lock
+        return _train_locked(cfg, out, resume, False, callbacks)
+    finally:
+        lock.release()
+
+
+def _refuse_existing_run(out: Path, resume: bool) -> None:
+    """A new run must not overwrite the checkpoints of another one."""
+    if not resume and list_checkpoints(out / CHECKPOINTS):
+        raise ConfigError(f"run folder {out} already holds a run; continue it with `genlab train --resume {out}` "
+                          f"or choose another --out")
+
+
+def _strategy(t, manual: bool) -> str:
+    """The Lightning strategy of trainer spec `t`: under DDP a manual-optimisation family (the GAN) needs
+    unused-parameter detection, since each of its losses leaves the other network without gradients."""
+    multi = t.strategy in ("ddp", "ddp_spawn") or (t.strategy == "auto" and t.devices * t.num_nodes > 1)
+    if not (manual and multi):
+        return t.strategy
+    return ("ddp" if t.strategy == "auto" else t.strategy) + "_find_unused_parameters_true"
+
+
+def _pin_precision(cfg: RunConfig, out: Path, fresh: bool) -> RunConfig:
+    """`cfg` with `trainer.precision: auto` replaced by the run's precision (genlab/precision.py).
+
+    A new run (`fresh`, in the launching process) chooses it now, and its config.yaml keeps the
+    choice; a resumed run and the ranks a DDP launcher starts read it from there, so a run never
+    changes precision half-way, nor do its ranks disagree.
+    """
+    if cfg.trainer.precision != "auto":
+        return cfg
+    saved = None if fresh else load_config(out / CONFIG_YAML).trainer.precision
+    cfg = cfg.model_copy(deep=True)
+    cfg.trainer.precision = saved if saved not in (None, "auto") else resolve_precision("auto", cfg.trainer.accelerator)
+    return cfg
+
+
+def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: Sequence[Callback]) -> Path:
+    data = load_dataset(cfg.data, "train")
+    if resume:
+        info = read_run(out)[1]  # keep sigma_data etc. exactly as the run started
+        # A run killed before its first checkpoint starts again from step 0 (the same run, exactly).
+        ckpt = latest_checkpoint(out / CHECKPOINTS) if list_checkpoints(out / CHECKPOINTS) else None
+        if ckpt is None and not child:
+            logger.warning("%s has no checkpoint yet (it stopped before its first one): starting from step 0", out)
+    else:
+        info, ckpt = DataInfo.of(data), None
+    start_step = checkpoint_step(ckpt) if ckpt is not None else 0
+    accelerator = cfg.trainer.accelerator
+    with torch.random.fork_rng(devices=[]):  # weight init from the run seed, global RNG left untouched
+        torch.manual_seed(mix_seed(cfg.seed, 0))
+        # An absurd size is refused before anything is allocated (see genlab/memory.py).
+        fixed = 0 if child else check_parameter_memory(lambda: build_model(cfg.family, cfg.model, info, cfg.optim),
+                                                       accelerator)
+        model = build_model(cfg.family, cfg.model, info, cfg.optim)
+    if ckpt is not None:  # a checkpoint of another architecture: a clear error, not Lightning's traceback
+        load_weights(model, ckpt, out / CONFIG_YAML)
+    if not child:
+        world = cfg.trainer.devices * cfg.trainer.num_nodes
+        micro = min(max(1, cfg.optim.batch_size // (world * cfg.optim.accumulate)), len(data))
+        check_activation_memory(model, StepBatches(data, 1, cfg.seed).batch(0), micro, fixed, accelerator)
+    if cfg.trainer.compile:
+        model.net.compile()
+    # A family that steps its own optimisers (the GAN: discriminator, then generator) clips its own
+    # gradients, and Lightning cannot accumulate for it.
+    manual = not model.automatic_optimization
+    if manual and cfg.optim.accumulate > 1:
+        raise ConfigError(f"optim.accumulate={cfg.optim.accumulate} is not supported by the {cfg.family} family "
+                          f"(it steps its own optimisers); use optim.accumulate=1 and a smaller optim.batch_size")
+
+    cfg = _pin_precision(cfg, out, fresh=not (resume or child))  # after the checks: a refused run measures nothing
+    t = cfg.trainer
+    clock = TrainingClock()
+    stops = StopConditions(t.max_time, handle_signals=not child, clock=clock)
+    guard = NonFiniteGuard(out / CHECKPOINTS, t.nan_patience, t.nan_lr_factor, t.nan_max_restores)
+    callbacks = [
+        *extra,
+        guard,  # before EMA and checkpoints: a skipped step neither moves the EMA nor is it saved as NaN
+        *([EMACallback(cfg.optim.ema_decay, cfg.optim.ema_warmup, guard)] if model.ema_net is not None else []),
+        StepCheckpoint(out / CHECKPOINTS, t.ckpt_every, t.keep_last),
+        SampleGrid(out / SAMPLES, t.sample_every, t.sample_n, cfg.seed, clock),
+        stops,
+    ]
+    if cfg.eval.every is not None or cfg.eval.every_seconds is not None:
+        callbacks.append(PeriodicEval(out, cfg, clock))
+    if t.progress:
+        callbacks.append(StepProgress())
+    try:
+        trainer = pl.Trainer(
+            max_steps=t.max_steps,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=_strategy(t, manual),
+            precision=t.precision,
+            callbacks=callbacks,
+            logger=[MetricsCSVLogger(out, name="", version="", keep_before=start_step),
+                    TensorBoardLogger(out, name="tb", version="", default_hp_metric=False)],
+            plugins=[SafeCheckpointIO()],
+            gradient_clip_val=None if manual else cfg.optim.grad_clip,
+            accumulate_grad_batches=cfg.optim.accumulate,
+            log_every_n_steps=t.log_every,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            default_root_dir=out,
+        )
+    except (MisconfigurationException, ValueError) as err:  # e.g. accelerator=gpu without a GPU
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"Lightning refuses the trainer settings: {reason} (see trainer.accelerator, "
+                          f"trainer.devices, trainer.strategy, trainer.precision)") from None
+    # Check the batch split here, in this process: in a DDP child the error would be a traceback.
+    StepBatches(data, cfg.optim.batch_size, cfg.seed, world_size=trainer.num_devices * trainer.num_nodes,
+                accumulate=cfg.optim.accumulate)
+    if not resume and not child:  # written only once the config has built a model and a trainer
+        try:
+            save_config(cfg, out / CONFIG_YAML)
+            write_run_json(out, cfg, info)
+        except OSError as err:
+            raise ConfigError(f"cannot write the config of run folder {out}: {err.strerror or err}; "
+                              f"free space or choose another --out") from None
+    trainer.fit(model, datamodule=StepDataModule(data, cfg), ckpt_path=ckpt)
+    if stops.reason is not None and trainer.is_global_zero:
+        logger.warning("stopped at step %d (%s); continue with: genlab train --resume %s", trainer.global_step, stops.reason, out)
+    return out
