@@ -497,7 +497,7 @@ def write_report(result: dict, out: Path) -> None:
            if gen.get("precision", "32") != "32" else ". ") +
         f"Steps/s between the first and the last snapshot. Memory: {result['memory_method']}.", "",
         f"The reference trains in fp32 (its recipe), genlab at its config's precision ({gen_precision}; `auto` is "
-        "bf16 autocast where this CPU's bf16 matmul is fast, genlab/precision.py).", "",
+        "bf16 autocast where this CPU's bf16 matmul is fast, genlab/engine/precision.py).", "",
         "## Training FLOP/s at equal precision (each recipe's whole step, timed alike)", "",
         markdown_table(["precision", "matmul peak FLOP/s", "ref step s", "ref FLOP/s", "ref of peak", "genlab step s",
                         "genlab FLOP/s", "genlab of peak", "genlab / ref"],

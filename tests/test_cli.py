@@ -256,7 +256,7 @@ BAD_OVERRIDES = {
     "nan-factor-out-of-range": (["trainer.nan_lr_factor=2"], ["trainer.nan_lr_factor"]),
     "strategy-lightning-refuses": (["trainer.strategy=fsdp", "trainer.accelerator=cpu"],
                                    ["Lightning refuses", "fsdp", "trainer.strategy"]),
-    # absurd sizes, refused before anything is allocated (genlab/memory.py): ~8 TB of weights
+    # absurd sizes, refused before anything is allocated (genlab/engine/memory.py): ~8 TB of weights
     "absurd-network": (["data.name=digits", "model.net=unet", "model.unet.channels=1024",
                         "model.unet.channel_mult=[64,64]", "model.unet.attention_resolutions=[8]"],
                        ["the model needs about", "GiB", "more than the"]),

@@ -1,4 +1,4 @@
-"""The trainer's NaN/Inf guard (genlab/nonfinite.py), tested by injecting NaN through callbacks:
+"""The trainer's NaN/Inf guard (genlab/engine/nonfinite.py), tested by injecting NaN through callbacks:
 into a batch, into a gradient, into the weights, for an automatic- and a manual-optimisation family.
 
 Invariants: a skipped step moves neither the weights, nor the EMA, nor AdamW's moments (the

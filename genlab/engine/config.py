@@ -41,7 +41,7 @@ class TrainerSpec(Spec):
     max_time: float | None = Field(None, gt=0.0, description="wall-clock budget in seconds (final checkpoint at the end)")
     precision: Literal["32", "bf16-mixed", "16-mixed", "auto"] = Field(
         "32", description="bf16-mixed: bf16 autocast; auto: bf16-mixed where this device's bf16 matmul is fast, "
-        "else 32, chosen when the run starts (genlab/precision.py)")
+        "else 32, chosen when the run starts (genlab/engine/precision.py)")
 
     @field_validator("precision", mode="before")
     @classmethod

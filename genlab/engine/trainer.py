@@ -180,7 +180,7 @@ def _strategy(t, manual: bool) -> str:
 
 
 def _pin_precision(cfg: RunConfig, out: Path, fresh: bool) -> RunConfig:
-    """`cfg` with `trainer.precision: auto` replaced by the run's precision (genlab/precision.py).
+    """`cfg` with `trainer.precision: auto` replaced by the run's precision (genlab/engine/precision.py).
 
     A new run (`fresh`, in the launching process) chooses it now, and its config.yaml keeps the
     choice; a resumed run and the ranks a DDP launcher starts read it from there, so a run never
@@ -208,7 +208,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
     accelerator = cfg.trainer.accelerator
     with torch.random.fork_rng(devices=[]):  # weight init from the run seed, global RNG left untouched
         torch.manual_seed(mix_seed(cfg.seed, 0))
-        # An absurd size is refused before anything is allocated (see genlab/memory.py).
+        # An absurd size is refused before anything is allocated (see genlab/engine/memory.py).
         fixed = 0 if child else check_parameter_memory(lambda: build_model(cfg.family, cfg.model, info, cfg.optim),
                                                        accelerator)
         model = build_model(cfg.family, cfg.model, info, cfg.optim)

@@ -1,5 +1,5 @@
 """`genlab compare`: train every family on the same data, budget and seeds, one run after another,
-score every run with `genlab eval`'s metrics, and write a report (genlab/eval/report.py).
+score every run with `genlab eval`'s metrics, and write a report (genlab/experiments/compare/report.py).
 
 Layout of the output folder OUT (self-contained: move it, open report.html):
 
@@ -11,14 +11,14 @@ Layout of the output folder OUT (self-contained: move it, open report.html):
 
 Fairness rules:
 - Every run gets the same budget: `trainer.max_time` seconds of training (the trainer's clock
-  stops while it samples or evaluates, see train.TrainingClock), or the same number of
+  stops while it samples or evaluates, see engine/callbacks.py TrainingClock), or the same number of
   training images (`trainer.max_steps = ceil(images / batch)`), on the same train split (splits
   never depend on the run seed), with the family's default config.
 - Runs train one after another, each in its own process (`python -m genlab.cli train`), so a
   crash, an out-of-memory kill or a DDP launch in one family cannot take the others down, and
   no two runs share the machine.
 - Scoring happens here, in-process, on the CPU, with the same sample count and seed rule for all
-  (genlab/eval/scoring.py).
+  (genlab/experiments/compare/scoring.py).
 
 A finished run (its compare-result.json matches the config and budget it would be trained with now) is
 reused, not retrained; an unfinished one (interrupted) is trained again from scratch; a failed one
