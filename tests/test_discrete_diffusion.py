@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -162,7 +163,7 @@ def test_sampler_never_changes_given_positions():
         assert torch.equal(zi[given], x[given])
     assert not (out == MASK).any()
     # Masks only ever disappear: once a position is unmasked it keeps its token.
-    for prev, cur in zip(seen, seen[1:]):
+    for prev, cur in itertools.pairwise(seen):
         assert torch.equal(cur[prev != MASK], prev[prev != MASK])
 
 

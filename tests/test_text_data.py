@@ -120,7 +120,7 @@ def test_empty_folder_and_empty_documents_are_errors(tmp_path):
 
 def test_non_utf8_file_names_file_and_offset(tmp_path):
     path = tmp_path / "latin1.txt"
-    path.write_bytes("caf".encode() + b"\xe9 au lait")
+    path.write_bytes(b"caf" + b"\xe9 au lait")
     with pytest.raises(DataError, match=r"latin1\.txt is not UTF-8 text: byte 0xe9 at offset 3"):
         load_text_corpus(f"text:{path}")
     folder = tmp_path / "f"

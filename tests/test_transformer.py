@@ -7,14 +7,19 @@ import math
 import pytest
 import torch
 
-from genlab.nn.transformer import Transformer, TransformerConfig, apply_rotary, rotary_cos_sin
+from genlab.nn.transformer import (
+    Transformer,
+    TransformerConfig,
+    apply_rotary,
+    rotary_cos_sin,
+)
 
 V, T = 37, 12
 
 
 def make(seed: int = 0, **kw) -> Transformer:
     """A tiny transformer with random (not zero) output projections, so every path carries signal."""
-    opts = dict(vocab_size=V, max_seq_len=32, d_model=32, n_layers=2, n_heads=4, zero_init=False)
+    opts = {"vocab_size": V, "max_seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "zero_init": False}
     opts.update(kw)
     torch.manual_seed(seed)
     return Transformer(TransformerConfig(**opts)).eval()
@@ -161,7 +166,7 @@ def test_weight_tying_shares_storage():
     tied, untied = make(tie_weights=True), make(tie_weights=False)
     assert tied.head.weight.data_ptr() == tied.embed.weight.data_ptr()
     assert untied.head.weight.data_ptr() != untied.embed.weight.data_ptr()
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    n = lambda m: sum(p.numel() for p in m.parameters())
     assert n(untied) - n(tied) == V * 32
 
 

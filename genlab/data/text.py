@@ -43,9 +43,9 @@ from genlab.errors import DataError, printable
 __all__ = [
     "SPLIT_SEED",
     "TEXT_CORPORA",
+    "VAL_FRACTION",
     "TextCorpus",
     "TokenWindows",
-    "VAL_FRACTION",
     "clean_pydocs",
     "encode_documents",
     "load_text_corpus",

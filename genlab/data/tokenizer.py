@@ -32,14 +32,14 @@ import tokenizers  # the PyPI package (absolute import; this module is genlab.da
 from genlab.errors import DataError, printable
 
 __all__ = [
-    "BPETokenizer",
-    "CharTokenizer",
     "EOT",
     "MASK",
     "PAD",
     "TOKENIZERS",
-    "TextTokenizer",
     "UNK",
+    "BPETokenizer",
+    "CharTokenizer",
+    "TextTokenizer",
     "load_tokenizer",
 ]
 
@@ -276,7 +276,7 @@ class BPETokenizer:
         """Inverse of :meth:`to_dict`."""
         try:
             tk = tokenizers.Tokenizer.from_str(json.dumps(obj["tokenizer"]))
-        except Exception as e:  # the Rust side raises a bare Exception on malformed JSON
+        except Exception as e:  # noqa: BLE001 -- the Rust side raises a bare Exception on malformed JSON
             raise DataError(f"malformed BPE tokenizer JSON: {e}") from None
         return cls(tk, obj["specials"])
 
