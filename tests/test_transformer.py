@@ -214,3 +214,13 @@ def test_attention_runs_in_fp32_under_cpu_bf16_autocast():
 def test_config_rejects_odd_head_size():
     with pytest.raises(ValueError, match="even head size"):
         TransformerConfig(vocab_size=5, d_model=12, n_heads=4)
+
+
+def test_kv_cache_under_bf16_autocast_matches_the_full_forward():
+    model = make()
+    x = tokens(n=10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = model(x)
+        cache = model.new_cache(3)
+        inc = torch.cat([model(x[:, :4], cache=cache)] + [model(x[:, i:i + 1], cache=cache) for i in range(4, 10)], 1)
+    torch.testing.assert_close(inc.float(), full.float(), atol=0.05, rtol=0.05)

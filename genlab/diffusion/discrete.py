@@ -169,8 +169,10 @@ def ancestral_step(log_p_x0: Tensor, z_t: Tensor, t: float, s: float, mask_id: i
     """One step ``z_t -> z_s ~ p_theta(z_s | z_t)`` for ``s < t`` (MDLM's reverse posterior under SUBS).
 
     A masked position unmasks with probability ``(alpha_s - alpha_t) / (1 - alpha_t)`` to a
-    token drawn from ``exp(log_p_x0)``; unmasked positions stay. The same random numbers are
-    drawn whatever the outcome, so a run's draws do not depend on caching.
+    token drawn from ``exp(log_p_x0)``; unmasked positions stay. The random numbers drawn
+    depend only on ``z_t`` (one uniform per position, then Gumbel noise for the positions that
+    unmask), never on how ``log_p_x0`` was obtained, so cached and uncached runs agree; drawing
+    Gumbel noise only where a token is chosen keeps a step's memory at (unmasking, V), not (B, L, V).
 
     Args:
         log_p_x0: (B, L, V) SUBS log-probabilities (:func:`subs_log_probs`) at ``z_t``.
@@ -184,12 +186,14 @@ def ancestral_step(log_p_x0: Tensor, z_t: Tensor, t: float, s: float, mask_id: i
     a_t, a_s = schedule.alpha(torch.tensor(t)), schedule.alpha(torch.tensor(s))
     p_unmask = float((a_s - a_t) / (1.0 - a_t))  # 1 when s = 0: everything left unmasks
     u = torch.rand(z_t.shape, generator=generator, dtype=torch.float64, device=z_t.device)
+    unmask = (z_t == mask_id) & (u < p_unmask)  # (B, L)
     # Gumbel-max in float64: argmax(log p + g) is a draw from p.
-    e = torch.rand(log_p_x0.shape, generator=generator, dtype=torch.float64, device=z_t.device)
+    log_p = log_p_x0[unmask].double()  # (N, V), N positions unmasking
+    e = torch.rand(log_p.shape, generator=generator, dtype=torch.float64, device=z_t.device)
     g = -torch.log(-torch.log(e.clamp_min(torch.finfo(torch.float64).tiny)))
-    x0 = (log_p_x0.double() + g).argmax(dim=-1)  # (B, L)
-    unmask = (z_t == mask_id) & (u < p_unmask)
-    return torch.where(unmask, x0, z_t)
+    z_s = z_t.clone()
+    z_s[unmask] = (log_p + g).argmax(dim=-1)
+    return z_s
 
 
 def sample_mdlm(denoise: Callable[[Tensor], Tensor], z: Tensor, ts: Tensor, mask_id: int, *,

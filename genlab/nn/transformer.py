@@ -229,6 +229,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, H, S, d)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be kept in another precision
         dropout_p = self.cfg.dropout if self.training else 0.0
         y = sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)  # (B, H, T, d)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
