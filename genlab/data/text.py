@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genlab.errors import DataError, printable
+from genlab.errors import DataError, printable, unknown_name_error
 
 __all__ = [
     "SPLIT_SEED",
@@ -48,7 +48,9 @@ __all__ = [
     "TokenWindows",
     "clean_pydocs",
     "encode_documents",
+    "load_pydocs",
     "load_text_corpus",
+    "load_text_path",
     "read_utf8",
     "split_sha256",
 ]
@@ -208,8 +210,6 @@ def load_text_corpus(name: str) -> TextCorpus:
         return load_text_path(name, Path(path).expanduser())
     if name in TEXT_CORPORA:
         return TEXT_CORPORA[name](name)
-    from genlab.errors import unknown_name_error
-
     raise unknown_name_error("text corpus", name, [*TEXT_CORPORA, "text:PATH"], cls=DataError)
 
 
