@@ -191,7 +191,7 @@ def clean_pydocs(text: str) -> str:
 
 def load_pydocs(name: str = "pydocs") -> TextCorpus:
     """Python's documentation topics (``pydoc_data.topics``), cleaned, split by topic with :data:`SPLIT_SEED`."""
-    try:
+    try:  # lazy: pydoc_data.topics is a megabyte of text that only this corpus reads
         from pydoc_data.topics import topics
     except ImportError:  # some distributions strip it
         raise DataError("the pydocs corpus needs the standard library's pydoc_data, missing in this Python") from None
