@@ -157,7 +157,7 @@ def test_math_layer_imports_only_torch_and_the_standard_library():
 
 def test_function_local_imports_defer_a_slow_import_and_say_so():
     """A function-local import stays only to keep a slow module off an import path (the CLI's --help, a
-    light package); a comment with the word "lazy" on its line, or just above its block, says so."""
+    light package); a `# lazy: <why>` comment on its line, in its block, or on the line that opens the block, says so."""
     bad = []
     for module, path in modules().items():
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -165,11 +165,13 @@ def test_function_local_imports_defer_a_slow_import_and_say_so():
             if not local:
                 continue
             i = line - 1
-            said = "lazy" in lines[i]
-            while not said and i > 0 and (lines[i - 1].strip().startswith(("import ", "from ")) or not lines[i - 1].strip()
-                                          or lines[i - 1].strip().startswith("#")):
+            said = "# lazy" in lines[i]
+            # walk up the block of imports, blank lines and comments, to the line that opens it
+            while not said and i > 0:
                 i -= 1
-                said = "lazy" in lines[i] and lines[i].strip().startswith("#")
+                said = "# lazy" in lines[i]
+                if not (lines[i].strip().startswith(("import ", "from ", "#")) or not lines[i].strip()):
+                    break
             if not said:
                 bad.append(f"{path.relative_to(ROOT)}:{line}")
     assert not bad, "function-local imports without a `# lazy: ...` reason:\n" + "\n".join(sorted(set(bad)))
