@@ -63,7 +63,9 @@ class DiffusionSpec(Spec):
     )
     min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of min-snr weighting")
     loss: Literal["mse", "pseudo-huber"] = Field("mse")
-    huber_c: float | None = Field(None, gt=0.0, description="pseudo-huber c; None = 0.00054 sqrt(dim)")
+    huber_c: float | None = Field(None, gt=0.0, description="pseudo-huber c of Song & Dhariwal 2023 (None = 0.00054 "
+                                                              "sqrt(dim)); the loss is (2c/dim)(sqrt(|r|^2 + c^2) - c), "
+                                                              "the MSE to first order")
     class_cond: bool = Field(False, description="condition on class labels (enables --class and --guidance)")
     p_uncond: float = Field(0.1, ge=0.0, le=1.0, description="label dropout for classifier-free guidance")
     sampler: str = Field("dpmpp-2m", description="default sampler of `genlab sample`")
