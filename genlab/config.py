@@ -190,6 +190,8 @@ def _explain(e: ValidationError, family: str) -> str:
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
     in_model = e.title != "RunConfig"
+    if not loc and err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])  # a check of a combination (a model validator): its message names the keys
     key = printable(".".join((["model"] if in_model else []) + loc))
     if err["type"] == "extra_forbidden":
         parent = _spec_at(FAMILY_SPECS[family] if in_model else RunConfig, loc[:-1])

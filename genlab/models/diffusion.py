@@ -85,7 +85,7 @@ class DiffusionModel(GenerativeModule):
         if spec.weighting == "min-snr":
             weight = partial(weight, gamma=spec.min_snr_gamma)
         elif spec.weighting == "edm":
-            weight = partial(weight, sigma_data=getattr(self.precond, "sigma_data", 0.5))
+            weight = partial(weight, sigma_data=self.precond.sigma_data)  # EDM only: DiffusionSpec refuses it under vp
         self.weight_fn = weight
         get_sampler(spec.sampler)  # an unknown default sampler fails at build time, not after training
 
