@@ -134,22 +134,18 @@ def _quiet_lightning(verbose: bool) -> None:
 
 
 def cmd_train(args) -> int:
-    from genlab.config import ConfigError, load_config, parse_override
-    from genlab.errors import printable
+    from genlab.config import ConfigError, check_resume_changes, load_config
 
     if args.resume:
         if args.config is not None and "=" not in args.config:
             raise ConfigError("give either a CONFIG or --resume RUN_DIR, not both")
         overrides = ([args.config] if args.config else []) + list(args.overrides)
-        for text in overrides:
-            if parse_override(text)[0][0] not in ("trainer", "eval"):
-                raise ConfigError(f'cannot change "{printable(text)}" when resuming: only trainer.* and eval.* keys '
-                                  f'may change')
         run = Path(args.resume)
         from genlab.runs import CONFIG_YAML, read_run
 
         read_run(run)  # a clear error when RUN_DIR is not a run
         cfg = load_config(run / CONFIG_YAML, overrides + _max_time(args))
+        check_resume_changes(load_config(run / CONFIG_YAML), cfg)  # the library's rule (train() checks it too)
         out, resume = run, True
     else:
         if args.config is None:

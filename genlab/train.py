@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from genlab.checkpoint import (SafeCheckpointIO, checkpoint_name, checkpoint_step, latest_checkpoint,
                                list_checkpoints, prune_checkpoints, remove_stale_temp_files)
-from genlab.config import RunConfig, load_config, save_config
+from genlab.config import RunConfig, check_resume_changes, load_config, save_config
 from genlab.data import load_dataset
 from genlab.data.base import TensorData
 from genlab.data.batches import StepBatches, mix_seed
@@ -390,6 +390,8 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, callbacks: Sequenc
     out = Path(out)
     if _is_child_rank():  # the launching process holds the lock and has checked the folder
         return _train_locked(cfg, out, resume, True, callbacks)
+    if resume and (out / CONFIG_YAML).is_file():  # only trainer.* and eval.* may change (genlab/config.py)
+        check_resume_changes(load_config(out / CONFIG_YAML), cfg)
     _refuse_existing_run(out, resume)  # before taking the lock: a refused command leaves the folder as it was
     try:
         out.mkdir(parents=True, exist_ok=True)
