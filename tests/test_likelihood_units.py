@@ -77,3 +77,22 @@ def test_diffusion_log_likelihood_reports_the_hutchinson_stderr():
     assert est.stderr.shape == (3,) and (est.stderr > 0).all() and torch.isfinite(est.stderr).all()
     est4 = model.log_likelihood(x, generator=torch.Generator().manual_seed(0), with_stderr=True, n_probes=4, **opts)
     assert (est4.stderr > 0).all()
+
+
+def test_genlab_eval_reports_the_standard_error_of_the_mean_bits_per_dim():
+    """held_out_bits_per_dim (genlab eval's nll_bpd) carries sqrt(sum_i se_i^2) / n beside the mean where the
+    family estimates one (diffusion), and None where it does not (PixelCNN is exact)."""
+    from genlab.data import DataSpec
+    from genlab.eval.evaluate import held_out_bits_per_dim
+
+    data = DataSpec(name="digits", resolution=8)
+    model, _ = tiny_models()["diffusion-ode"]
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.ema_net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    mean, se = held_out_bits_per_dim(model, data, 3, seed=0, with_stderr=True)
+    assert mean == held_out_bits_per_dim(model, data, 3, seed=0)
+    assert se is not None and 0 < se < float("inf")
+    pixelcnn, _ = tiny_models()["pixelcnn"]
+    assert held_out_bits_per_dim(pixelcnn, data, 3, seed=0, with_stderr=True)[1] is None
