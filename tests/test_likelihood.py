@@ -211,6 +211,8 @@ def test_an_output_without_a_graph_is_an_error_not_a_zero_divergence():
         divergence_exact(lambda z: torch.ones_like(z), x)
     with pytest.raises(AutogradError, match="no autograd graph"):
         divergence_hutchinson(lambda z: torch.ones_like(z), x, draw_probes((2, 3, 4)))
+    # the identity returns the leaf itself (no grad_fn, but a graph of one node): divergence n, no error
+    assert torch.equal(divergence_exact(lambda z: z, x)[1], torch.full((3,), 4.0, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("exact", [True, False])

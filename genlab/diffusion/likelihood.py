@@ -155,7 +155,7 @@ def _graph_of(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor
         x = x.clone()
     x = x.detach().requires_grad_(True)
     out = fn(x)
-    if out.grad_fn is None:
+    if not out.requires_grad:  # (x itself, the identity, is a leaf that requires grad: fine)
         raise AutogradError("the denoiser's output has no autograd graph (it runs under torch.no_grad or "
                             "inference_mode inside, or detaches its output), so its divergence would be 0; "
                             "return D(x) computed from x with autograd on")
