@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab.diffusion.pixels import pixel_scale, quantize  # quantize: the one grid rule, re-exported
+# quantize: the one grid rule of every family, re-exported
+from genlab.diffusion.pixels import pixel_scale, quantize
 
 __all__ = ["LOG_SCALE_MIN", "bernoulli_log_prob", "binarize", "discretized_logistic_log_prob",
            "normal_log_prob", "quantize"]
