@@ -24,6 +24,10 @@ class RunLockedError(GenlabError):
     """Another live process is already writing to this run folder."""
 
 
+class AutogradError(GenlabError):
+    """A computation that needs gradients ran where autograd records nothing (e.g. under torch.inference_mode)."""
+
+
 class TrainingError(GenlabError):
     """Training cannot go on: the loss or gradients stayed NaN/Inf after the guard's restores."""
 

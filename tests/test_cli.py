@@ -252,6 +252,7 @@ BAD_OVERRIDES = {
     "sigma-data-zero": (["model.sigma_data=0"], ["model.sigma_data", "positive standard deviation"]),
     "sigma-data-negative": (["model.sigma_data=-0.5"], ["model.sigma_data", "use auto"]),
     "dit-on-points": (["model.net=dit"], ["model.net=dit", "model.net=mlp"]),
+    "vp-key-under-edm": (["model.prediction=v"], ["model.prediction=v", "model.precond=vp"]),
     "betas-out-of-range": (["optim.betas=[2,0.9]"], ["optim.betas.0", "less than 1"]),
     "nan-factor-out-of-range": (["trainer.nan_lr_factor=2"], ["trainer.nan_lr_factor"]),
     "strategy-lightning-refuses": (["trainer.strategy=fsdp", "trainer.accelerator=cpu"],

@@ -163,8 +163,32 @@ def test_weightings_are_x0_space_weights():
 def test_pseudo_huber_limits():
     small = torch.full((2, 100), 1e-4)
     c = 0.1
-    # |r|^2 / (2c) for |r| << c; |r| - c for |r| >> c
-    torch.testing.assert_close(O.pseudo_huber_loss(small, c), small.square().sum(1) / (2 * c), rtol=1e-3, atol=0)
+    # Song & Dhariwal's metric: |r|^2 / (2c) for |r| << c; |r| - c for |r| >> c
+    torch.testing.assert_close(O.pseudo_huber_distance(small, c), small.square().sum(1) / (2 * c), rtol=1e-3, atol=0)
     big = torch.full((2, 4), 100.0)
-    torch.testing.assert_close(O.pseudo_huber_loss(big, c), big.norm(dim=1) - c)
+    torch.testing.assert_close(O.pseudo_huber_distance(big, c), big.norm(dim=1) - c)
     torch.testing.assert_close(O.mse_loss(big), torch.full((2,), 1e4))
+
+
+@pytest.mark.parametrize("shape", [(3, 2), (3, 1, 16, 16), (3, 3, 8, 8)])
+def test_mse_and_pseudo_huber_share_one_reduction(shape):
+    """Both losses are per-dimension: pseudo-Huber = (2c/d)(sqrt(|r|^2 + c^2) - c) equals the MSE to first order,
+    m - m^2 / (4 c_d^2) with m the MSE and c_d = c / sqrt(d), whatever d (before, it was a sum over d)."""
+    g = torch.Generator().manual_seed(0)
+    d = math.prod(shape[1:])
+    c_d = 0.00054  # the default c / sqrt(d)
+    r = torch.randn(shape, generator=g, dtype=torch.float64) * c_d * 0.1  # m ~ 1e-2 c_d^2
+    m = O.mse_loss(r).double()
+    ph = O.pseudo_huber_loss(r).double()
+    x = m / c_d**2
+    assert ((ph / m - 1).abs() <= x / 4 * 1.01).all()  # first order: the MSE itself
+    torch.testing.assert_close(ph, m - m**2 / (4 * c_d**2), rtol=1e-4, atol=0)  # second order; next is m x^2 / 8
+    # exact relation, against its own closed form in float64
+    rr = torch.randn(shape, generator=g, dtype=torch.float64) * 0.3
+    mm = rr.square().flatten(1).mean(1)
+    c = c_d * math.sqrt(d)
+    torch.testing.assert_close(O.pseudo_huber_loss(rr).double(), 2 * c_d * ((mm + c_d**2).sqrt() - c_d), rtol=1e-5, atol=0)
+    torch.testing.assert_close(O.pseudo_huber_loss(rr).double(), 2 * c / d * O.pseudo_huber_distance(rr).double(),
+                               rtol=1e-6, atol=0)
+    # the defaults are Song & Dhariwal's c = 0.00054 sqrt(d)
+    assert O.default_huber_c(d) == pytest.approx(c)

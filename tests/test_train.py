@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 import signal
 import subprocess
 import time
@@ -17,15 +18,26 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import (
+    GAUSS_CONFIG,
+    TINY,
+    genlab_argv,
+    genlab_cmd,
+    genlab_env,
+    one_thread,
+    tiny_config,
+    train_tiny,
+)
 from lightning.pytorch.callbacks import Callback
 
-from conftest import GAUSS_CONFIG, TINY, genlab_argv, genlab_cmd, genlab_env, one_thread, tiny_config, train_tiny
-from genlab.engine.checkpoint import flatten_state, list_checkpoints, load_checkpoint
-from genlab.engine.config import load_config
 from genlab.data.base import TensorData
 from genlab.data.batches import StepBatches, step_indices
+from genlab.engine.checkpoint import list_checkpoints, load_checkpoint
+from genlab.engine.config import check_resume_changes, load_config
 from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML, SAMPLES
+from genlab.engine.state_codec import flatten_state
 from genlab.engine.trainer import train
+from genlab.errors import ConfigError
 
 RESUME_STEPS, STOP_STEP = 8, 4
 # What must survive an interruption bit for bit (EMA weights live in state_dict as ema_net.*).
@@ -102,6 +114,23 @@ def test_resume_through_cli_equals_uninterrupted_run(straight_run, tmp_path):
     assert checkpoint_step(latest(out)) == STOP_STEP
     genlab_cmd("train", "--resume", str(out), f"trainer.max_steps={RESUME_STEPS}", check_rc=0)
     assert_same_training_state(latest(out), latest(straight_run))
+
+
+def test_the_python_api_refuses_a_resume_that_changes_the_run(straight_run, tmp_path):
+    """The rule of what may change on resume is the library's (genlab.config.check_resume_changes), not only
+    the CLI's: train(..., resume=True) with another optimiser or model refuses, leaving the run as it was."""
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    before = {p.name: p.read_bytes() for p in (out / CHECKPOINTS).iterdir()}
+    for change in ("optim.lr=0.5", "model.mlp.hidden=8", "seed=3", "data.n=77"):
+        cfg = load_config(out / CONFIG_YAML, [change, f"trainer.max_steps={RESUME_STEPS + 2}"])
+        with pytest.raises(ConfigError, match=rf"cannot change {change.split('=')[0]}=.*trainer\.\* and eval\.\*"):
+            train(cfg, out, resume=True)
+    assert {p.name: p.read_bytes() for p in (out / CHECKPOINTS).iterdir()} == before
+    # trainer.* and eval.* may change, and a value written out unchanged is no change
+    check_resume_changes(load_config(out / CONFIG_YAML),
+                         load_config(out / CONFIG_YAML, ["trainer.max_steps=99", "eval.every=5", "optim.lr="
+                                                         + str(load_config(out / CONFIG_YAML).optim.lr)]))
 
 
 def test_resume_at_max_steps_keeps_the_run(straight_run, tmp_path):
@@ -249,8 +278,8 @@ def _indexed_data(n: int) -> TensorData:
 
 def test_every_shipped_config_builds_its_model():
     from genlab.data import load_dataset
-    from genlab.models.registry import build_model
     from genlab.data.base import DataInfo
+    from genlab.models.registry import build_model
 
     configs = sorted((GAUSS_CONFIG.parent).glob("*.yaml"))
     assert len(configs) >= 13

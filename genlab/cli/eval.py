@@ -111,7 +111,7 @@ def print_table(result: dict, file=None) -> None:
         table.add_column(column, justify=justify)
     for name in (*IMAGE_METRICS, *POINT_METRICS, *LIKELIHOOD_METRICS):
         if name in result:
-            better = "higher" if name in HIGHER_IS_BETTER else ("-" if name == "kid_std" else "lower")
+            better = "higher" if name in HIGHER_IS_BETTER else ("-" if name in ("kid_std", "nll_bpd_se") else "lower")
             table.add_row(name, _fmt(result[name]), _fmt(result["floor"].get(name)), better)
     console.print(table)
     if result.get("plot"):

@@ -40,28 +40,41 @@ Karras et al.'s rho-grid. On Gaussian and mixture data (tests) the error falls 4
 with 64 log-spaced steps from 0.002 to 80 it is about 0.003 nats (0.005 bits) per dimension on
 average and 0.02 nats per dimension at worst; 128 steps divide both by 4.
 
-Bits per dimension (`bits_per_dim`, derivation there): images are dequantised (`dequantize`)
-and their density is measured in pixel units; vector data report the continuous density.
+Standard error: with K >= 2 probes the per-probe estimates give the Monte-Carlo standard error of
+the Hutchinson estimate (`LikelihoodEstimate`, `with_stderr=True`). The divergence needs autograd:
+under torch.no_grad it is enabled locally; under torch.inference_mode nothing can be recorded and
+an AutogradError is raised (a silent zero divergence would report only prior + constant).
 
-DDPM variational bound (`ddpm_vlb`, Ho et al. 2020, Eq. 5): the discrete-time bound of a model on
-a discrete VP schedule, with the sampler's posterior variance and a discretised Gaussian decoder;
-a bound on the discrete negative log-likelihood itself, T denoiser calls per example.
+Bits per dimension (`bits_per_dim`, derivation there): images are put on their 8-bit grid and
+dequantised there (`pixels.dequantize`, the discrete data every family scores) and their density
+is measured in pixel units; vector data report the continuous density.
+
+The DDPM variational bound (`ddpm_vlb`, Ho et al. 2020, Eq. 5) is in `vlb.py`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
 
+from genlab.diffusion import pixels
+from genlab.diffusion.pixels import (  # dequantize: re-exported
+    dequantize,
+    pixel_scale,
+)
 from genlab.diffusion.schedules import (
-    alpha_bar_to_sigma,
     sigmas_exponential,
     sigmas_karras,
 )
-from genlab.errors import ConfigError, DataError, unknown_name_error
+from genlab.errors import AutogradError, ConfigError, DataError, unknown_name_error
+
+__all__ = ["LikelihoodEstimate", "bits_per_dim", "dequantize",
+           "divergence_exact", "divergence_hutchinson",
+           "divergence_hutchinson_probes", "draw_probes",
+           "gaussian_log_prob", "likelihood_sigmas", "pf_ode_bits_per_dim", "pf_ode_log_likelihood", "pixel_scale"]
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # D(x (B, ...), sigma (B,)) -> x0_hat (B, ...)
 LogDensity = Callable[[Tensor], Tensor]  # (B, ...) -> (B,) nats
@@ -74,6 +87,18 @@ PROBES = ("rademacher", "gaussian")
 GRIDS = ("log", "karras")
 
 LOG_2PI = math.log(2 * math.pi)
+
+
+class LikelihoodEstimate(NamedTuple):
+    """A per-example estimate and its Monte-Carlo standard error, both (B,) float64, in the same unit.
+
+    `stderr` is that of the Hutchinson probes: the sample standard deviation (n - 1 denominator) of
+    the K per-probe estimates over sqrt(K); 0 where the divergence is exact, NaN with one probe
+    (a spread needs K >= 2).
+    """
+
+    value: Tensor
+    stderr: Tensor
 
 
 # ---------------------------------------------------------------- densities and noise-level grids
@@ -120,27 +145,83 @@ def _check_range(sigma_min: float, sigma_max: float) -> None:
 # ---------------------------------------------------------------- divergences of the denoiser
 
 
+def _graph_of(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+    """(x as a leaf that requires grad, fn(x) with its autograd graph), under enable_grad.
+
+    torch.no_grad() around the caller is fine (grad is enabled here, locally); inference mode is
+    not (no graph can be recorded in it, and without one the divergence would silently be 0).
+
+    Raises:
+        AutogradError: under torch.inference_mode, or when fn's output has no graph (fn detached it).
+    """
+    _check_autograd()
+    if x.is_inference():  # created under inference_mode: a clone made outside it is a normal tensor
+        x = x.clone()
+    x = x.detach().requires_grad_(True)
+    out = fn(x)
+    if not out.requires_grad:  # (x itself, the identity, is a leaf that requires grad: fine)
+        raise AutogradError("the denoiser's output has no autograd graph (it runs under torch.no_grad or "
+                            "inference_mode inside, or detaches its output), so its divergence would be 0; "
+                            "return D(x) computed from x with autograd on")
+    return x, out
+
+
+def _check_autograd() -> None:
+    if torch.is_inference_mode_enabled():
+        raise AutogradError("the probability-flow ODE likelihood needs the denoiser's Jacobian, but it was called "
+                            "under torch.inference_mode(), where autograd records nothing; call it outside "
+                            "inference_mode (torch.no_grad() is fine)")
+
+
 def divergence_exact(fn: Callable[[Tensor], Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
     """fn(x) and its exact divergence sum_i d fn_i / d x_i, one backward pass per dimension.
 
     Args:
-        fn: maps (B, ...) to (B, ...) of the same shape, each example independently.
+        fn: maps (B, ...) to (B, ...) of the same shape, each example independently, with autograd.
         x: (B, ...) points.
     Returns:
         (fn(x) detached (B, ...), divergence (B,) float64).
+    Raises:
+        AutogradError: under torch.inference_mode, or when fn(x) has no autograd graph.
     """
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        out = fn(x)
+        x, out = _graph_of(fn, x)
         flat = out.flatten(1)  # (B, n)
         div = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        if flat.requires_grad:
-            n = flat.shape[1]
-            for i in range(n):
-                (g,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i < n - 1, allow_unused=True)
-                if g is not None:  # an output that ignores x has zero divergence
-                    div += g.flatten(1)[:, i].double()
+        n = flat.shape[1]
+        for i in range(n):
+            (g,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=i < n - 1, allow_unused=True)
+            if g is not None:  # an output that ignores x (a function of parameters only) has zero divergence
+                div += g.flatten(1)[:, i].double()
     return out.detach(), div
+
+
+def divergence_hutchinson_probes(fn: Callable[[Tensor], Tensor], x: Tensor, probes: Tensor) -> tuple[Tensor, Tensor]:
+    """fn(x) and one Hutchinson-Skilling estimate of its divergence per probe, v^T (dfn/dx) v.
+
+    Each estimate is unbiased when the probes have E[v v^T] = I (Rademacher or standard normal);
+    their spread over the probes gives the estimator's standard error.
+
+    Args:
+        fn: maps (B, ...) to (B, ...) of the same shape, each example independently, with autograd.
+        x: (B, ...) points.
+        probes: (K, B, ...) probe vectors v, K >= 1.
+    Returns:
+        (fn(x) detached (B, ...), estimates (K, B) float64).
+    Raises:
+        AutogradError: under torch.inference_mode, or when fn(x) has no autograd graph.
+    """
+    with torch.enable_grad():
+        x, out = _graph_of(fn, x)
+        k = probes.shape[0]
+        est = torch.zeros(k, x.shape[0], dtype=torch.float64, device=x.device)
+        for j in range(k):
+            v = probes[j].to(out.dtype)
+            # v^T J is one vector-Jacobian product; its dot with v is the quadratic form
+            (vjp,) = torch.autograd.grad(out, x, v, retain_graph=j < k - 1, allow_unused=True)
+            if vjp is not None:
+                est[j] = (vjp * v).flatten(1).sum(1).double()
+    return out.detach(), est
 
 
 def divergence_hutchinson(fn: Callable[[Tensor], Tensor], x: Tensor, probes: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,25 +230,14 @@ def divergence_hutchinson(fn: Callable[[Tensor], Tensor], x: Tensor, probes: Ten
     Unbiased when the probes have E[v v^T] = I (Rademacher or standard normal).
 
     Args:
-        fn: maps (B, ...) to (B, ...) of the same shape, each example independently.
+        fn: maps (B, ...) to (B, ...) of the same shape, each example independently, with autograd.
         x: (B, ...) points.
         probes: (K, B, ...) probe vectors v, K >= 1.
     Returns:
         (fn(x) detached (B, ...), divergence estimate (B,) float64).
     """
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        out = fn(x)
-        div = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-        if out.requires_grad:
-            k = probes.shape[0]
-            for j in range(k):
-                v = probes[j].to(out.dtype)
-                # v^T J is one vector-Jacobian product; its dot with v is the quadratic form
-                (vjp,) = torch.autograd.grad(out, x, v, retain_graph=j < k - 1, allow_unused=True)
-                if vjp is not None:
-                    div += (vjp * v).flatten(1).sum(1).double() / k
-    return out.detach(), div
+    out, est = divergence_hutchinson_probes(fn, x, probes)
+    return out, est.mean(0)
 
 
 def draw_probes(shape: tuple[int, ...], kind: str = "rademacher", generator: torch.Generator | None = None) -> Tensor:
@@ -199,7 +269,8 @@ def pf_ode_log_likelihood(
     probe: str = "rademacher",
     generator: torch.Generator | None = None,
     prior: LogDensity | None = None,
-) -> Tensor:
+    with_stderr: bool = False,
+) -> Tensor | LikelihoodEstimate:
     """log p_{sigma_min}(x) in nats by the probability-flow ODE (Song et al. 2021, Sec. 4.3, App. D.2).
 
     The density is that of the model at noise level sigma_min: the data density convolved with
@@ -219,9 +290,17 @@ def pf_ode_log_likelihood(
         probe: "rademacher" or "gaussian".
         generator: seeds the probes.
         prior: log p_T of x(sigma_max), (B, ...) -> (B,); default N(0, sigma_max^2 I).
+        with_stderr: also return the standard error of the Hutchinson estimate.
     Returns:
-        (B,) float64 log-densities in nats.
+        (B,) float64 log-densities in nats; with `with_stderr`, a `LikelihoodEstimate` (value, stderr).
+        The K probes are fixed along the trajectory, which does not depend on them, so the estimate
+        is the mean of K per-probe estimates log p_T + int (n - v_j^T (dD/dx) v_j) dlog(sigma), each
+        unbiased for the discretised integral; stderr is their sample std / sqrt(K).
+    Raises:
+        AutogradError: called under torch.inference_mode (the divergence needs autograd), or the
+            denoiser's output has no autograd graph. torch.no_grad() is fine: grad is enabled locally.
     """
+    _check_autograd()
     if x.ndim < 2:
         raise DataError(f"pf_ode_log_likelihood needs a batch x of shape (B, ...), got {tuple(x.shape)}")
     sigmas = likelihood_sigmas(steps, sigma_min, sigma_max, grid)
@@ -237,13 +316,18 @@ def pf_ode_log_likelihood(
         raise unknown_name_error("divergence probe", probe, PROBES, ConfigError)
 
     def field(x: Tensor, sigma: float) -> tuple[Tensor, Tensor]:
-        """f = (x - D) / sigma (B, ...) and sigma div f = n - div D (B,)."""
+        """f = (x - D) / sigma (B, ...) and sigma div f = n - div D, (K, B): one row per probe (1 if exact)."""
         fn = lambda z: denoise(z, z.new_full((z.shape[0],), sigma))  # noqa: E731
-        d, div_d = divergence_exact(fn, x) if probes is None else divergence_hutchinson(fn, x, probes)
+        if probes is None:
+            d, div_d = divergence_exact(fn, x)
+            div_d = div_d[None]  # (1, B)
+        else:
+            d, div_d = divergence_hutchinson_probes(fn, x, probes)  # (K, B)
         return (x - d) / sigma, n - div_d
 
-    x = x.detach()
-    delta = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)  # int div f dsigma so far
+    x = x.clone() if x.is_inference() else x.detach()
+    k = 1 if probes is None else probes.shape[0]
+    delta = torch.zeros(k, x.shape[0], dtype=torch.float64, device=x.device)  # int div f dsigma so far, per probe
     levels = [float(s) for s in sigmas]
     for sigma, sigma_next in zip(levels[:-1], levels[1:]):
         h = sigma_next - sigma
@@ -255,44 +339,20 @@ def pf_ode_log_likelihood(
         # div D vanishes (sigma >> data std, div f = n / sigma), where the trapezoid in sigma is not.
         delta += math.log(sigma_next / sigma) * (g + g_next) / 2
     log_prior = prior(x) if prior is not None else gaussian_log_prob(x, 0.0, sigma_max)
-    return log_prior.double() + delta
+    per_probe = log_prior.double() + delta  # (K, B)
+    value = per_probe.mean(0)
+    if not with_stderr:
+        return value
+    if probes is None:
+        stderr = torch.zeros_like(value)
+    elif k == 1:
+        stderr = torch.full_like(value, math.nan)
+    else:
+        stderr = per_probe.std(0, correction=1) / math.sqrt(k)
+    return LikelihoodEstimate(value, stderr)
 
 
 # ---------------------------------------------------------------- dequantisation and bits per dim
-
-
-def pixel_scale(levels: int = 256) -> float:
-    """Pixel units per data unit for `levels` levels mapped onto [-1, 1]: (levels - 1) / 2 (127.5 for 8 bits)."""
-    if not isinstance(levels, int) or levels < 2:
-        raise ConfigError(f"the number of pixel levels must be an integer >= 2 (256 for 8-bit images), got {levels!r}")
-    return (levels - 1) / 2
-
-
-def dequantize(x: Tensor, levels: int = 256, generator: torch.Generator | None = None) -> Tensor:
-    """Uniform dequantisation of [-1, 1] images that came from `levels` integer levels.
-
-    Level k in {0, ..., L-1} sits at x = k / scale - 1 with scale = (L - 1) / 2; adding
-    u ~ U(-1/2, 1/2) / scale spreads it over its bin of width 1/scale centred on it (the bins of
-    Ho et al. 2020, Eq. 13), so the bins tile [-1 - 1/(2 scale), 1 + 1/(2 scale)) without overlap.
-
-    Args:
-        x: (B, ...) images in [-1, 1] (e.g. pixel / 127.5 - 1).
-        levels: 256 for 8-bit images, 17 for scikit-learn's native 8x8 digits (values 0..16).
-        generator: seeds the noise (drawn on its device, CPU when None).
-    Returns:
-        (B, ...) dequantised images, same dtype and device as x.
-    """
-    scale = pixel_scale(levels)
-    _check_image_range(x, "dequantize")
-    device = generator.device if generator is not None else "cpu"
-    u = torch.rand(x.shape, generator=generator, device=device, dtype=torch.float64) - 0.5
-    return (x.double() + u.to(x.device) / scale).to(x.dtype)
-
-
-def _check_image_range(x: Tensor, who: str) -> None:
-    if x.numel() and (x.min() < -1 or x.max() > 1):
-        lo, hi = float(x.min()), float(x.max())
-        raise DataError(f"{who} expects images in [-1, 1] (pixel / 127.5 - 1), got values in [{lo:.3g}, {hi:.3g}]")
 
 
 def bits_per_dim(log_px_nats: Tensor, dim: int, scale: float = 127.5) -> Tensor:
@@ -338,11 +398,13 @@ def pf_ode_bits_per_dim(
     levels: int | None = 256,
     batch_size: int = 64,
     generator: torch.Generator | None = None,
+    with_stderr: bool = False,
     **ode_opts,
-) -> Tensor:
+) -> Tensor | LikelihoodEstimate:
     """Bits per dimension of each example by the probability-flow ODE, in chunks of `batch_size`.
 
-    Images (`levels` given) are dequantised at `levels` levels (`dequantize`, one draw for all of x)
+    Images (`levels` given) are put on the grid of `levels` levels and dequantised there
+    (`pixels.dequantize`, one draw for all of x; the same discrete data every family scores)
     and reported in pixel units (`bits_per_dim` with scale `pixel_scale(levels)`), a bound on the
     discrete negative log-likelihood. Vector data (`levels=None`) are not dequantised and are
     reported as bits per dim of the continuous density (scale 1), which can be negative.
@@ -354,134 +416,23 @@ def pf_ode_bits_per_dim(
         levels: pixel levels of the source images (256 for 8 bits, 17 for native digits), or None.
         batch_size: examples per ODE solve (memory grows with it and with the probes).
         generator: seeds dequantisation and Hutchinson probes.
+        with_stderr: also return the Hutchinson standard error, in bits per dimension.
         ode_opts: steps, grid, exact_divergence, n_probes, probe, prior of `pf_ode_log_likelihood`.
     Returns:
-        (N,) float64 bits per dimension, on x's device.
+        (N,) float64 bits per dimension, on x's device; with `with_stderr`, a `LikelihoodEstimate`.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _check_autograd()
     if levels is not None:
-        x = dequantize(x, levels, generator)
+        x = pixels.dequantize(x, levels, generator)
     scale = 1.0 if levels is None else pixel_scale(levels)
     dim = x[0].numel()
-    out = []
+    values, errors = [], []
     for chunk in x.split(batch_size):
-        log_px = pf_ode_log_likelihood(denoise, chunk, sigma_min, sigma_max, generator=generator, **ode_opts)
-        out.append(bits_per_dim(log_px, dim, scale))
-    return torch.cat(out)
-
-
-# ---------------------------------------------------------------- the DDPM variational bound
-
-
-def ddpm_kl_term(x0: Tensor, x0_hat: Tensor, sigma: float, sigma_prev: float) -> Tensor:
-    """KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)) in nats, for a model mean built from x0_hat. (B,) float64.
-
-    Both are Gaussians with the posterior variance beta-tilde_t (Ho et al. 2020, Eq. 6-7; the
-    variance of genlab's DDPM sampler) and means that differ only through x0, so the KL is
-    ||c0 (x0 - x0_hat)||^2 / (2 beta-tilde_t) with c0 = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t),
-    which simplifies with SNR = alpha_bar / (1 - alpha_bar) = 1 / sigma^2 to (Kingma et al. 2021, Eq. 13)
-
-        KL = (SNR_{t-1} - SNR_t) / 2 * ||x0 - x0_hat||^2 = (1/sigma_{t-1}^2 - 1/sigma_t^2) / 2 * ||x0 - x0_hat||^2.
-
-    Args:
-        x0, x0_hat: (B, ...) data and the denoiser's estimate D(x_t, sigma_t).
-        sigma, sigma_prev: sigma_t > sigma_{t-1} > 0, the VE noise levels of steps t and t - 1.
-    """
-    return 0.5 * (sigma_prev**-2 - sigma**-2) * (x0.double() - x0_hat.double()).square().flatten(1).sum(1)
-
-
-def discretized_gaussian_log_likelihood(x0: Tensor, mean: Tensor, std: float, levels: int = 256) -> Tensor:
-    """log P(x0) in nats of the discretised Gaussian decoder of Ho et al. 2020, Eq. 13. (B,) float64.
-
-    Each level's probability is the mass of N(mean, std^2) over its bin [x0 - 1/(2 scale),
-    x0 + 1/(2 scale)], scale = (levels - 1) / 2, with the outer bins reaching -inf and +inf so the
-    levels' probabilities sum to one.
-
-    Args:
-        x0: (B, ...) data on the grid of `levels` levels in [-1, 1].
-        mean: (B, ...) decoder mean, D(x_1, sigma_1).
-        std: decoder standard deviation.
-    """
-    half = 0.5 / pixel_scale(levels)
-    x0, mean = x0.double(), mean.double()
-    upper = torch.where(x0 > 1 - half, torch.full_like(x0, math.inf), (x0 + half - mean) / std)
-    lower = torch.where(x0 < -1 + half, torch.full_like(x0, -math.inf), (x0 - half - mean) / std)
-    # log(Phi(u) - Phi(l)) = log Phi(u) + log1p(-exp(log Phi(l) - log Phi(u))); mirrored above the mean
-    # (Phi(u) - Phi(l) = Phi(-l) - Phi(-u)) so neither side loses the tail to rounding
-    above = lower > 0
-    u, l = torch.where(above, -lower, upper), torch.where(above, -upper, lower)
-    log_u, log_l = torch.special.log_ndtr(u), torch.special.log_ndtr(l)
-    log_mass = log_u + torch.log1p(-torch.exp(log_l - log_u).clamp(max=1 - 1e-15))
-    return log_mass.flatten(1).sum(1)
-
-
-def ddpm_vlb(
-    denoise: Denoiser,
-    alpha_bar: Tensor,
-    x0: Tensor,
-    *,
-    levels: int = 256,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """The DDPM variational bound L_vlb = L_T + sum_{t>1} L_{t-1} + L_0 in nats (Ho et al. 2020, Eq. 5). (B,) float64.
-
-    A bound on -log P(x0) of the discrete data itself (no dequantisation, no pixel-unit
-    conversion: bits per dim are L_vlb / (n log 2)). Each L_{t-1} is estimated with one draw
-    x_t = x0 + sigma_t eps (`ddpm_kl_term`), so a call costs T denoiser evaluations;
-    L_0 is the discretised decoder with mean D(x_1, sigma_1) and variance beta_1 = 1 - alpha_bar_1
-    (Ho et al. 2020, Sec. 3.3), L_T the KL of q(x_T | x0) = N(sqrt(alpha_bar_T) x0, 1 - alpha_bar_T)
-    from N(0, I). Data off the level grid (e.g. resized images) are first rounded onto it.
-
-    Args:
-        denoise: D(x, sigma) -> x0_hat in the sigma view, x (B, ...), sigma (B,); no x0 clipping needed.
-        alpha_bar: (T,) the discrete schedule (`DiscreteSchedule.alpha_bar`), decreasing.
-        x0: (B, ...) images in [-1, 1] from `levels` levels.
-        levels: 256 for 8-bit images, 17 for native digits.
-        generator: seeds the noise of the T - 1 KL terms.
-    """
-    scale = pixel_scale(levels)
-    _check_image_range(x0, "ddpm_vlb")
-    x0 = (((x0.double() + 1) * scale).round() / scale - 1).to(x0.dtype)  # onto the grid of levels
-    sigmas = [float(s) for s in alpha_bar_to_sigma(alpha_bar)]
-    device = generator.device if generator is not None else "cpu"
-
-    def denoise_at(x: Tensor, sigma: float) -> Tensor:
-        with torch.no_grad():
-            return denoise(x, x.new_full((x.shape[0],), sigma))
-
-    def noised(sigma: float) -> Tensor:
-        eps = torch.randn(x0.shape, generator=generator, device=device, dtype=torch.float64).to(x0.device)
-        return (x0 + sigma * eps).to(x0.dtype)
-
-    ab_T = float(alpha_bar[-1])
-    prior = 0.5 * ((1 - ab_T) + ab_T * x0.square() - 1 - math.log(1 - ab_T))  # KL(q(x_T|x0) || N(0, 1)) per dim
-    total = prior.flatten(1).sum(1).double()
-    for t in range(1, len(sigmas)):  # L_{t-1}: from step t (index t) to step t - 1
-        total += ddpm_kl_term(x0, denoise_at(noised(sigmas[t]), sigmas[t]), sigmas[t], sigmas[t - 1])
-    decoder_std = math.sqrt(1 - float(alpha_bar[0]))
-    total -= discretized_gaussian_log_likelihood(x0, denoise_at(noised(sigmas[0]), sigmas[0]), decoder_std, levels)
-    return total
-
-
-def ddpm_vlb_bits_per_dim(
-    denoise: Denoiser,
-    alpha_bar: Tensor,
-    x0: Tensor,
-    *,
-    levels: int = 256,
-    batch_size: int = 64,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """`ddpm_vlb` in bits per dimension, L_vlb / (n log 2), in chunks of `batch_size`. (N,) float64.
-
-    Args:
-        denoise, alpha_bar, levels, generator: as in `ddpm_vlb`.
-        x0: (N, ...) images in [-1, 1].
-        batch_size: examples per chunk.
-    """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    dim = x0[0].numel()
-    nats = [ddpm_vlb(denoise, alpha_bar, chunk, levels=levels, generator=generator) for chunk in x0.split(batch_size)]
-    return torch.cat(nats) / (dim * math.log(2))
+        est = pf_ode_log_likelihood(denoise, chunk, sigma_min, sigma_max, generator=generator, with_stderr=True,
+                                    **ode_opts)
+        values.append(bits_per_dim(est.value, dim, scale))
+        errors.append(est.stderr / (dim * math.log(2)))  # a shift of log p by s nats moves bpd by s / (n ln 2)
+    value = torch.cat(values)
+    return LikelihoodEstimate(value, torch.cat(errors)) if with_stderr else value

@@ -44,22 +44,53 @@ def training_target(s: Scalings, x0: Tensor, noise: Tensor, sigma: Tensor) -> Te
 
 
 # ---------------------------------------------------------------- per-example losses (B,)
+#
+# One reduction for every loss: a per-dimension quantity in squared data units, so that switching
+# `model.loss` does not rescale the loss (nor what optim.grad_clip means) by the number of
+# dimensions d. mse is mean_i r_i^2; pseudo-Huber is scaled to equal it to first order for small
+# residuals (see `pseudo_huber_loss`).
 
 
 def mse_loss(residual: Tensor) -> Tensor:
-    """Mean squared error per example: (B, ...) -> (B,)."""
+    """Mean squared error per example, mean over dimensions: (B, ...) -> (B,)."""
     return residual.float().square().flatten(1).mean(1)
 
 
-def pseudo_huber_loss(residual: Tensor, c: float | None = None) -> Tensor:
-    """Pseudo-Huber loss sqrt(|r|^2 + c^2) - c per example (Song & Dhariwal 2023, Sec. 3.3).
+def default_huber_c(dim: int) -> float:
+    """Song & Dhariwal 2023's c = 0.00054 sqrt(d) for d dimensions per example (c / sqrt(d) = 0.00054 per dimension)."""
+    return 0.00054 * math.sqrt(dim)
 
-    With c None, c = 0.00054 sqrt(d) for d dimensions per example, the paper's choice.
+
+def pseudo_huber_distance(residual: Tensor, c: float | None = None) -> Tensor:
+    """The pseudo-Huber metric sqrt(||r||^2 + c^2) - c per example (Song & Dhariwal 2023, Sec. 3.3). (B, ...) -> (B,).
+
+    A sum over dimensions (||r||^2 = sum_i r_i^2); c None is `default_huber_c(d)`. Evaluated as
+    ||r||^2 / (sqrt(||r||^2 + c^2) + c), the same number without the cancellation that costs
+    float32 its digits when ||r|| << c.
     """
     r = residual.float().flatten(1)
     if c is None:
-        c = 0.00054 * math.sqrt(r.shape[1])
-    return (r.square().sum(1) + c**2).sqrt() - c
+        c = default_huber_c(r.shape[1])
+    sq = r.square().sum(1)
+    return sq / ((sq + c**2).sqrt() + c)
+
+
+def pseudo_huber_loss(residual: Tensor, c: float | None = None) -> Tensor:
+    """Pseudo-Huber loss in mse's units: (2c / d) (sqrt(||r||^2 + c^2) - c) per example. (B, ...) -> (B,).
+
+    The metric of Song & Dhariwal 2023 (`pseudo_huber_distance`) times the constant 2c / d, so the
+    same minimiser and gradient directions as theirs, on the scale of `mse_loss`: with
+    m = ||r||^2 / d (the MSE) and c_d = c / sqrt(d) (0.00054 by default),
+
+        loss = 2 c_d (sqrt(m + c_d^2) - c_d) = m - m^2 / (4 c_d^2) + O(m^3 / c_d^4),
+
+    equal to the MSE to first order for m << c_d^2, and 2 c_d sqrt(m) - 2 c_d^2 (linear in the RMS
+    residual: Huber's robust regime) for m >> c_d^2.
+    """
+    d = residual[0].numel()
+    if c is None:
+        c = default_huber_c(d)
+    return (2 * c / d) * pseudo_huber_distance(residual, c)
 
 
 LOSSES: dict[str, Callable[..., Tensor]] = {"mse": mse_loss, "pseudo-huber": pseudo_huber_loss}

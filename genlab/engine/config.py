@@ -185,11 +185,52 @@ def save_config(cfg: RunConfig, path: Path) -> None:
     tmp.replace(path)
 
 
+# What `genlab train --resume` (and `train(cfg, out, resume=True)`) may change: how long and how the run
+# is driven and evaluated. Everything else (data, model, optimiser, seed, family) defines the run's
+# trajectory, which resume reproduces exactly.
+RESUMABLE_SECTIONS = ("trainer", "eval")
+
+
+def check_resume_changes(old: RunConfig, new: RunConfig) -> None:
+    """Refuse a resumed config that changes anything but trainer.* and eval.* keys.
+
+    Args:
+        old: the run's config (its config.yaml); new: the config to resume it with.
+    Raises:
+        ConfigError: naming the first changed key, both values and the fix.
+    """
+    changed = _differences(config_to_dict(old), config_to_dict(new))
+    changed = [(key, a, b) for key, a, b in changed if key.split(".")[0] not in RESUMABLE_SECTIONS]
+    if changed:
+        key, a, b = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ConfigError(f"cannot change {printable(key)}={_yaml_scalar(b)} when resuming (the run has "
+                          f"{printable(key)}={_yaml_scalar(a)}){more}: only trainer.* and eval.* keys may change; "
+                          f"start a new run (another --out) to change it")
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) of every leaf where two config trees differ, in key order."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in [*a, *(k for k in b if k not in a)]:
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [(prefix[:-1], a, b)]
+
+
+def _yaml_scalar(value: Any) -> str:
+    """A value as an override writes it: true/false, null, [1, 2]."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
 def _explain(e: ValidationError, family: str) -> str:
     """Turn pydantic's first error into one line: the dotted key, the problem, a suggestion."""
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"]]
     in_model = e.title != "RunConfig"
+    if not loc and err["type"] == "value_error" and "error" in err.get("ctx", {}):
+        return str(err["ctx"]["error"])  # a check of a combination (a model validator): its message names the keys
     key = printable(".".join((["model"] if in_model else []) + loc))
     if err["type"] == "extra_forbidden":
         parent = _spec_at(FAMILY_SPECS[family] if in_model else RunConfig, loc[:-1])

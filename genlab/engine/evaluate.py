@@ -7,6 +7,7 @@ The metrics themselves (tensors in, numbers out, each beside its real-vs-real fl
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import math
 import os
@@ -78,21 +79,33 @@ def evaluate_run(
     result = evaluate_samples(samples, cfg.data, n_real=n_real, seed=seed, features=features)
     result.update(run=str(run_dir), sampler=sampler, steps=steps, plot=None)
     if nll_n and hasattr(model, "log_likelihood"):
-        result["nll_bpd"] = held_out_bits_per_dim(model, cfg.data, nll_n, seed)
+        result["nll_bpd"], se = held_out_bits_per_dim(model, cfg.data, nll_n, seed, with_stderr=True)
+        if se is not None:
+            result["nll_bpd_se"] = se
     if plot:
         result["plot"] = str(write_plot(samples, cfg.data, run_dir / SAMPLES / f"eval-seed{seed}.png"))
     return result
 
 
-def held_out_bits_per_dim(model, data: DataSpec, n: int, seed: int = 0) -> float:
+def held_out_bits_per_dim(model, data: DataSpec, n: int, seed: int = 0, with_stderr: bool = False):
     """Mean negative log-likelihood in bits/dim of the first n held-out examples under `model`.
 
-    Images are dequantised at 256 levels (as if stored as 8-bit pixels); vectors report the
-    continuous density's bits/dim (which can be negative).
+    Images are scored as 8-bit pixels (each family quantises them with genlab.diffusion.pixels);
+    vectors report the continuous density's bits/dim (which can be negative).
+
+    With `with_stderr`, returns (mean, se): se is the Monte-Carlo standard error of the mean from the
+    family's Hutchinson probes, sqrt(sum_i se_i^2) / n (independent probes per example), or None when
+    the family's log_likelihood reports none.
     """
     test = load_dataset(data, REAL_SPLIT)
     x = test.x[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]]
-    return float(model.log_likelihood(x, generator=torch.Generator().manual_seed(seed)).mean())
+    g = torch.Generator().manual_seed(seed)
+    if not with_stderr:
+        return float(model.log_likelihood(x, generator=g).mean())
+    if "with_stderr" not in inspect.signature(model.log_likelihood).parameters:
+        return float(model.log_likelihood(x, generator=g).mean()), None
+    est = model.log_likelihood(x, generator=g, with_stderr=True)
+    return float(est.value.mean()), float(est.stderr.square().sum().sqrt() / len(x))
 
 
 def write_plot(samples: Tensor, data: DataSpec, path: Path) -> Path:

@@ -46,7 +46,12 @@ from genlab.engine.checkpoint import (
     list_checkpoints,
     remove_stale_temp_files,
 )
-from genlab.engine.config import RunConfig, load_config, save_config
+from genlab.engine.config import (
+    RunConfig,
+    check_resume_changes,
+    load_config,
+    save_config,
+)
 from genlab.engine.memory import check_activation_memory, check_parameter_memory
 from genlab.engine.nonfinite import NonFiniteGuard
 from genlab.engine.precision import resolve_precision
@@ -148,6 +153,8 @@ def train(cfg: RunConfig, out: Path, *, resume: bool = False, callbacks: Sequenc
     out = Path(out)
     if _is_child_rank():  # the launching process holds the lock and has checked the folder
         return _train_locked(cfg, out, resume, True, callbacks)
+    if resume and (out / CONFIG_YAML).is_file():  # only trainer.* and eval.* may change (engine/config.py)
+        check_resume_changes(load_config(out / CONFIG_YAML), cfg)
     _refuse_existing_run(out, resume)  # before taking the lock: a refused command leaves the folder as it was
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ POINTS_EVALUATOR = {"name": "none (metrics on the 2-D points themselves)", "sha2
 IMAGE_METRICS = ("fd", "kid", "kid_std", "precision", "recall", "density", "coverage",
                  "class_coverage", "class_kl", "confidence")
 POINT_METRICS = ("mmd2", "sw", "mode_coverage", "high_quality")
-LIKELIHOOD_METRICS = ("nll_bpd",)  # families with a log_likelihood; no real-vs-real floor exists for it
+# families with a log_likelihood; no real-vs-real floor exists for it. nll_bpd_se: the Monte-Carlo
+# standard error of nll_bpd from Hutchinson probes, where the family's estimate has one (diffusion)
+LIKELIHOOD_METRICS = ("nll_bpd", "nll_bpd_se")
 HIGHER_IS_BETTER = frozenset({"precision", "recall", "density", "coverage", "class_coverage", "confidence",
                               "mode_coverage", "high_quality"})
 

@@ -3,6 +3,7 @@ density, weighting and loss of genlab.diffusion, sampled with any registered sam
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from typing import Callable
 
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from genlab.data.base import DataInfo
 from genlab.data.batches import Batch
 from genlab.diffusion.guidance import X0_POSTPROCESS, classifier_free_guidance
-from genlab.diffusion.likelihood import ddpm_vlb_bits_per_dim, pf_ode_bits_per_dim
+from genlab.diffusion.likelihood import LikelihoodEstimate, pf_ode_bits_per_dim
 from genlab.diffusion.objectives import (
     LOSSES,
     WEIGHTINGS,
@@ -32,6 +33,7 @@ from genlab.diffusion.schedules import (
     sigmas_from_timesteps,
     sigmas_karras,
 )
+from genlab.diffusion.vlb import ddpm_vlb_bits_per_dim
 from genlab.errors import ConfigError, unknown_name_error
 from genlab.models.base import GenerativeModule, eval_mode
 from genlab.models.options import BPD_8BIT, BPD_CONTINUOUS
@@ -82,8 +84,8 @@ class DiffusionModel(GenerativeModule):
 
     FAMILY = "diffusion"
     SAMPLE_OPTIONS = specs_diffusion.SAMPLE_OPTIONS
-    LIKELIHOOD = ("-log2 p(x) / D by the probability-flow ODE (Song et al. 2021): 8-bit pixels, dequantised, for "
-                  "images; the continuous density for vectors")
+    LIKELIHOOD = ("-log2 p(x) / D by the probability-flow ODE (Song et al. 2021): 8-bit pixels (quantised, then "
+                  "uniformly dequantised) for images; the continuous density for vectors")
 
     def __init__(self, spec: DiffusionSpec, info: DataInfo, optim) -> None:
         super().__init__(build_network(spec, info), info, optim)
@@ -96,7 +98,7 @@ class DiffusionModel(GenerativeModule):
         if spec.weighting == "min-snr":
             weight = partial(weight, gamma=spec.min_snr_gamma)
         elif spec.weighting == "edm":
-            weight = partial(weight, sigma_data=getattr(self.precond, "sigma_data", 0.5))
+            weight = partial(weight, sigma_data=self.precond.sigma_data)  # EDM only: DiffusionSpec refuses it under vp
         self.weight_fn = weight
         get_sampler(spec.sampler)  # an unknown default sampler fails at build time, not after training
 
@@ -197,16 +199,23 @@ class DiffusionModel(GenerativeModule):
         ema: bool = True,
         levels: int = 256,
         steps: int = 64,
-        n_probes: int = 1,
+        n_probes: int = 2,
         exact_divergence: bool | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 64,
-    ) -> Tensor:
+        with_stderr: bool = False,
+    ) -> Tensor | LikelihoodEstimate:
         """Bits per dimension of each example of x (B, *info.shape) in data units. (B,) float64 on the CPU.
 
         "ode": the probability-flow ODE over the model's sigma range (Song et al. 2021, Sec. 4.3); images are
-        dequantised at `levels` pixel levels (256 for 8-bit data, 17 for native 8x8 digits) and measured in
-        pixel units, vectors report their continuous density. "vlb": the DDPM bound of a VP image model.
+        put on the grid of `levels` pixel levels (256 for 8-bit data, 17 for native 8x8 digits), dequantised
+        there (`genlab.diffusion.pixels`, the levels every family scores) and measured in pixel units, vectors
+        report their continuous density. "vlb": the DDPM bound of a VP image model (of the same levels).
+
+        Images (more than 16 dimensions) use `n_probes` Hutchinson probes per example (default 2, the fewest
+        that give a standard error). With `with_stderr`, returns a `LikelihoodEstimate` (value, stderr) whose
+        stderr is the Hutchinson standard error in bits/dim (0 when the divergence is exact, NaN for "vlb",
+        which estimates none).
         """
         net = self.sampling_net(ema)
         null = self.num_classes  # a class-conditional model is scored through its null (unconditional) label
@@ -219,10 +228,10 @@ class DiffusionModel(GenerativeModule):
         net.eval()
         try:
             if method == "ode":
-                bpd = pf_ode_bits_per_dim(
+                bpd, stderr = pf_ode_bits_per_dim(
                     denoise, x.to(self.device), self.precond.sigma_min, self.precond.sigma_max,
                     levels=levels if image else None, batch_size=batch_size, generator=generator,
-                    steps=steps, n_probes=n_probes, exact_divergence=exact_divergence,
+                    steps=steps, n_probes=n_probes, exact_divergence=exact_divergence, with_stderr=True,
                 )
             elif method == "vlb":
                 if not (image and isinstance(self.precond, VPPrecond)):
@@ -231,8 +240,9 @@ class DiffusionModel(GenerativeModule):
                     denoise, self.precond.schedule.alpha_bar, x.to(self.device),
                     levels=levels, batch_size=batch_size, generator=generator,
                 )
+                stderr = torch.full_like(bpd, math.nan)
             else:
                 raise unknown_name_error("likelihood method", method, ("ode", "vlb"), ConfigError)
         finally:
             net.train(was_training)
-        return bpd.cpu()
+        return LikelihoodEstimate(bpd.cpu(), stderr.cpu()) if with_stderr else bpd.cpu()

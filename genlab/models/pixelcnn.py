@@ -22,13 +22,13 @@ from torch import Tensor, nn
 
 from genlab.data.base import DataInfo
 from genlab.data.batches import Batch
+from genlab.diffusion import pixels
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModule, eval_mode
 from genlab.models.options import BPD_8BIT, BPD_CONTINUOUS
 from genlab.models.specs import PixelCNNSpec
 from genlab.models.specs import pixelcnn as specs_pixelcnn
 from genlab.nn.distributions import OUTPUTS, OutputDistribution
-from genlab.nn.likelihoods import quantize
 from genlab.nn.pixelcnn import MADE, GatedPixelCNN
 
 AUTO_OUTPUT = {"image": "logistic-mixture", "vector": "gaussian-mixture"}
@@ -121,7 +121,7 @@ class PixelCNNModel(GenerativeModule):
         """
         net = self.net if net is None else net
         if self.image:
-            x = quantize(x)
+            x = pixels.quantize(x)  # the one grid rule of every family's 8-bit likelihood
             return self.output.log_prob(x, self.conditional_params(net, x, labels)).flatten(1).sum(dim=1)
         z = x / self.scale  # p_X(x) = p_Z(x / std) / std^D
         log_pz = self.output.log_prob(z, self.conditional_params(net, z, labels)).sum(dim=1)

@@ -42,6 +42,7 @@ from genlab.boltzmann.gibbs import (
 )
 from genlab.data.base import DataInfo
 from genlab.data.batches import Batch
+from genlab.diffusion import pixels
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModule, eval_mode, lr_multiplier
 from genlab.models.options import BPD_BINARY, BPD_CONTINUOUS
@@ -79,8 +80,9 @@ class RBMModel(GenerativeModule):
 
     FAMILY = "rbm"
     SAMPLE_OPTIONS = specs_rbm.SAMPLE_OPTIONS
-    LIKELIHOOD = ("-log2 p(v) / D with log Z by AIS: images as binarised pixels v ~ Bernoulli((x + 1) / 2) "
-                  "('bits/dim of binarised pixels', not comparable with 8-bit bits/dim); vectors as the "
+    LIKELIHOOD = ("-log2 p(v) / D with log Z by AIS: images as binarised pixels v ~ Bernoulli((x + 1) / 2) of "
+                  "the 8-bit levels x ('bits/dim of binarised pixels', not comparable with 8-bit bits/dim); "
+                  "vectors as the "
                   "continuous density of x")
 
     def __init__(self, spec: RBMSpec, info: DataInfo, optim) -> None:
@@ -221,7 +223,10 @@ class RBMModel(GenerativeModule):
         net = self.sampling_net(ema)
         layers = self.stack(net)
         with eval_mode(net):
-            v = self.data_visible(x.to(self.device), generator, len(x), slice(None))
+            x = x.to(self.device)
+            if self.units != "gaussian":  # binarise the 8-bit levels every family scores, not off-grid values
+                x = pixels.quantize(x)
+            v = self.data_visible(x, generator, len(x), slice(None))
             log_z = ais_log_partition(layers[-1], ais_betas(betas or self.spec.ais_betas),
                                       runs or self.spec.ais_runs, generator).log_z
             log_p = dbn_log_likelihood_bound(layers, v, log_z, generator, self.bound_samples)
@@ -237,8 +242,8 @@ class DBNModel(RBMModel):
     FAMILY = "dbn"
     LIKELIHOOD = ("a lower bound on log2 p(v) / D, as bits/dim (an upper bound on the NLL): q(h | v) from the "
                   "lower layers, the top RBM's log Z by AIS (Salakhutdinov & Murray 2008); images as binarised "
-                  "pixels v ~ Bernoulli((x + 1) / 2) ('bits/dim of binarised pixels', not comparable with 8-bit "
-                  "bits/dim); vectors as the continuous density of x")
+                  "pixels v ~ Bernoulli((x + 1) / 2) of the 8-bit levels x ('bits/dim of binarised pixels', not "
+                  "comparable with 8-bit bits/dim); vectors as the continuous density of x")
 
     @staticmethod
     def build_net(spec: DBNSpec, info: DataInfo) -> DeepBeliefNet:

@@ -15,17 +15,20 @@ step (`global_step`), so a resumed run weighs the KL exactly as the uninterrupte
 Decoders p(x|z) (`LIKELIHOODS`, chosen by `model.likelihood`, "auto" picks by data kind):
 - images, "logistic": a discretised logistic over the 256 levels of 8-bit pixels with a learned
   per-pixel log-scale (PixelCNN++, Salimans et al. 2017, Eq. 2, one component); trained on the
-  data rounded to those levels (`quantize`), the levels its likelihood scores.
-- images, "bernoulli": Bernoulli on binarised pixels b = 1[x > 0]. As a model of 8-bit pixels it
-  spreads P(b) uniformly over the 128 levels of each half: P(k) = P(b(k)) / 128.
+  data rounded to those levels (`pixels.quantize`, the grid rule every family's likelihood uses),
+  the levels its likelihood scores.
+- images, "bernoulli": Bernoulli on binarised pixels b = 1[k >= 128] of the 8-bit levels k. As a
+  model of 8-bit pixels it spreads P(b) uniformly over the 128 levels of each half:
+  P(k) = P(b(k)) / 128.
 - vectors, "gaussian": N(mean(z), diag std(z)^2) with a learned per-dimension std.
 
 Log-likelihood: the IWAE bound (Burda et al. 2016, Eq. 8)
 
     L_k(x) = E_{z_1..z_k ~ q(z|x)} [ log (1/k) sum_i p(x, z_i) / q(z_i|x) ] <= log p(x),
 
-which rises with k (Theorem 1) towards log p(x). It is a bound for any proposal q, so the encoder
-may read the raw image while p scores its 8-bit levels.
+which rises with k (Theorem 1) towards log p(x). It is a bound for any proposal q; `log_likelihood`
+feeds the encoder the 8-bit levels that p scores, so the estimate is a function of those levels
+only, like every family's (training feeds it the raw image).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from torch import Tensor
 
 from genlab.data.base import DataInfo
 from genlab.data.batches import Batch
+from genlab.diffusion import pixels
 from genlab.errors import ConfigError
 from genlab.models.base import GenerativeModule, eval_mode
 from genlab.models.options import BPD_8BIT, BPD_CONTINUOUS
@@ -49,7 +53,6 @@ from genlab.nn.likelihoods import (
     binarize,
     discretized_logistic_log_prob,
     normal_log_prob,
-    quantize,
 )
 from genlab.nn.vae import build_vae_net
 
@@ -88,14 +91,24 @@ def _gaussian_log_prob(x: Tensor, out: Tensor) -> Tensor:
     return normal_log_prob(x, mean, log_std)
 
 
+def _levels(x: Tensor) -> Tensor:
+    """The 8-bit levels of images x, by the one grid rule of every family (`pixels.quantize`, looked up per call)."""
+    return pixels.quantize(x)
+
+
+def _binary_levels(x: Tensor) -> Tensor:
+    """The binary pixels b = 1[k >= 128] of x's 8-bit levels k (the upper half of the levels)."""
+    return binarize(pixels.quantize(x))
+
+
 def _location(out: Tensor) -> Tensor:
     """The first half of the outputs: the logistic's location mu (its mean, median and mode) or the Gaussian mean."""
     return out.chunk(2, dim=1)[0]
 
 
 LIKELIHOODS: dict[str, DecoderLikelihood] = {
-    "logistic": DecoderLikelihood(2, quantize, _logistic_log_prob, _location, 0.0, "image"),
-    "bernoulli": DecoderLikelihood(1, binarize, lambda b, logits: bernoulli_log_prob(b, logits),
+    "logistic": DecoderLikelihood(2, _levels, _logistic_log_prob, _location, 0.0, "image"),
+    "bernoulli": DecoderLikelihood(1, _binary_levels, lambda b, logits: bernoulli_log_prob(b, logits),
                                    lambda logits: 2 * torch.sigmoid(logits) - 1, math.log(128), "image"),
     "gaussian": DecoderLikelihood(2, lambda x: x, _gaussian_log_prob, _location, 0.0, "vector"),
 }
@@ -246,6 +259,8 @@ class VAEModel(GenerativeModule):
         """
         k = k or self.spec.iwae_k
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if self.info.modality == "image":  # the proposal reads the 8-bit levels too: the bound is a function of them
+            x = pixels.quantize(x)
         net = self.sampling_net(ema)
         bounds = []
         with eval_mode(net):

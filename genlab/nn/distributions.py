@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from genlab.diffusion.likelihood import pixel_scale
+from genlab.diffusion.pixels import pixel_scale
 from genlab.nn.likelihoods import (
     LOG_SCALE_MIN,
     discretized_logistic_log_prob,

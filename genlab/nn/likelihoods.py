@@ -5,7 +5,8 @@ PixelCNN's logistic mixture builds on `discretized_logistic_log_prob`). Pure fun
 tensors, elementwise, in nats, differentiable; a caller sums over an example's dimensions.
 
 Pixels: data x in [-1, 1] stand for 8-bit levels k in {0, ..., 255} at x = k / 127.5 - 1
-(`quantize` puts any image on that grid: digits are bicubically resized, so not on it). The
+(`quantize`, defined once in genlab/diffusion/pixels.py for every family, puts any image on that
+grid: digits are bicubically resized, so not on it). The
 probability of level k is the mass of a continuous distribution over its bin
 [x - 1/255, x + 1/255], the outer bins reaching -inf and +inf so the 256 masses sum to one
 (Salimans et al. 2017, PixelCNN++, Sec. 2.1, Eq. 2).
@@ -19,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genlab.diffusion.likelihood import pixel_scale
+# quantize: the one grid rule of every family, re-exported
+from genlab.diffusion.pixels import pixel_scale, quantize
 
 __all__ = ["LOG_SCALE_MIN", "bernoulli_log_prob", "binarize", "discretized_logistic_log_prob",
            "normal_log_prob", "quantize"]
@@ -28,18 +30,6 @@ LOG_2PI = math.log(2 * math.pi)
 # Floor of a logistic's log-scale: PixelCNN++ (Salimans et al. 2017) clamps at -7, where a bin of
 # width 2/255 already holds all but ~e^-3 of the mass (pixel level), so a smaller scale gains nothing.
 LOG_SCALE_MIN = -7.0
-
-
-def quantize(x: Tensor, levels: int = 256) -> Tensor:
-    """Round images in [-1, 1] to the nearest of `levels` levels, k = round((x + 1) / 2 (L - 1)), in data units.
-
-    Args:
-        x: (B, ...) images in [-1, 1].
-    Returns:
-        (B, ...) the level centres k / scale - 1, scale = (L - 1) / 2, same dtype.
-    """
-    scale = pixel_scale(levels)
-    return (torch.round((x.clamp(-1, 1) + 1) * scale) / scale - 1).to(x.dtype)
 
 
 def discretized_logistic_log_prob(x: Tensor, mean: Tensor, log_scale: Tensor, levels: int = 256) -> Tensor:

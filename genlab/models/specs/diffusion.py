@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from genlab.models.options import GUIDANCE, LABEL, SAMPLER, STEPS
 from genlab.models.specs.base import Spec
@@ -41,8 +41,18 @@ class MLPSpec(Spec):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+# Keys that only one preconditioning reads (genlab/models/diffusion.py: build_precond, training_sigmas);
+# set to a non-default value under the other one, they would be silently ignored, so they are refused.
+VP_ONLY = ("prediction", "schedule", "timesteps", "zero_terminal_snr")
+EDM_ONLY = ("sigma_data", "sigma_min", "sigma_max", "P_mean", "P_std")
+
+
 class DiffusionSpec(Spec):
-    """The diffusion family: network, parameterisation, training noise levels, loss, default sampler."""
+    """The diffusion family: network, parameterisation, training noise levels, loss, default sampler.
+
+    Combinations are validated too (`_check_combinations`): a key of one preconditioning set under the
+    other, zero terminal SNR with epsilon prediction, EDM weighting under VP, sigma_min >= sigma_max.
+    """
 
     net: Literal["unet", "dit", "mlp"] = Field("unet", description="denoising network (unet or dit for images, mlp "
                                                                     "for vectors)")
@@ -64,7 +74,9 @@ class DiffusionSpec(Spec):
     )
     min_snr_gamma: float = Field(5.0, gt=0.0, description="gamma of min-snr weighting")
     loss: Literal["mse", "pseudo-huber"] = Field("mse")
-    huber_c: float | None = Field(None, gt=0.0, description="pseudo-huber c; None = 0.00054 sqrt(dim)")
+    huber_c: float | None = Field(None, gt=0.0, description="pseudo-huber c of Song & Dhariwal 2023 (None = 0.00054 "
+                                                              "sqrt(dim)); the loss is (2c/dim)(sqrt(|r|^2 + c^2) - c), "
+                                                              "the MSE to first order")
     class_cond: bool = Field(False, description="condition on class labels (enables --class and --guidance)")
     p_uncond: float = Field(0.1, ge=0.0, le=1.0, description="label dropout for classifier-free guidance")
     sampler: str = Field("dpmpp-2m", description="default sampler of `genlab sample`")
@@ -81,6 +93,32 @@ class DiffusionSpec(Spec):
             raise ValueError(f"must be a positive standard deviation or auto, got {value}; use auto (measured on the "
                              f"training data)")
         return value
+
+    @model_validator(mode="after")
+    def _check_combinations(self):
+        """Refuse settings that contradict each other or would be silently ignored; one line naming the fix."""
+        other, ignored = ("edm", VP_ONLY) if self.precond == "edm" else ("vp", EDM_ONLY)
+        for key in ignored:
+            value, default = getattr(self, key), type(self).model_fields[key].default
+            if key in self.model_fields_set and value != default:
+                users = "vp" if other == "edm" else "edm"
+                raise ValueError(f"model.{key}={_show(value)} is read only by model.precond={users}, but "
+                                 f"model.precond={self.precond}; set model.precond={users} or drop model.{key}")
+        if self.precond == "vp" and self.zero_terminal_snr and self.prediction == "eps":
+            raise ValueError("model.zero_terminal_snr=true cannot be learned with model.prediction=eps (at SNR 0 the "
+                             "noise carries no information about x0; Lin et al. 2024, Sec. 3.2); set "
+                             "model.prediction=v (or x0)")
+        if self.precond == "vp" and self.weighting == "edm":
+            raise ValueError("model.weighting=edm is defined by EDM's sigma_data and needs model.precond=edm; under vp "
+                             "use model.weighting=min-snr or uniform")
+        if self.precond == "edm" and not self.sigma_min < self.sigma_max:
+            raise ValueError(f"model.sigma_min={self.sigma_min} must be below model.sigma_max={self.sigma_max}")
+        return self
+
+
+def _show(value) -> str:
+    """A value as an override would write it (true/false for booleans)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 #: the options of `sample`
