@@ -306,8 +306,11 @@ def test_sample_and_log_likelihood_of_a_trained_run(path, rbm_runs):
     data = torch.rand(5, *shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
     bpd = model.log_likelihood(data, generator=torch.Generator().manual_seed(2))
     assert bpd.shape == (5,) and bpd.dtype == torch.float64 and bool(torch.isfinite(bpd).all())
-    if model.info.kind == "image":  # nats of binary pixels: an RBM that learnt little is near 1 bit/dim
-        assert bool((bpd > 0).all())
+    if model.info.kind == "image":
+        # The data binarise to fair coin flips, whose cross-entropy under any model is >= 1 bit/dim (Gibbs'
+        # inequality), with equality for the uniform model; 3 steps from a small init leave the model near
+        # uniform, so AIS must find about 1 bit/dim (measured: 0.999-1.004).
+        assert torch.allclose(bpd, torch.ones_like(bpd), atol=0.02), bpd
     assert model.network_evaluations(steps=7) == 7 and model.LIKELIHOOD
 
 
@@ -326,7 +329,9 @@ def test_cli_sample_and_eval(rbm_runs, tmp_path, capsys):
     assert "--sampler does not apply to the rbm family" in capsys.readouterr().err
     assert main(["eval", str(rbm_runs[GAUSS_RBM]), "-n", "200", "--steps", "3", "--nll-n", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert 0 <= result["mode_coverage"] <= 1 and math.isfinite(result["nll_bpd"])
+    assert result["n_samples"] == 200 and result["floor"]["mode_coverage"] == 1.0  # real data cover all 8 modes
+    assert result["mode_coverage"] * 8 == round(result["mode_coverage"] * 8)  # a count of the 8 modes
+    assert math.isfinite(result["nll_bpd"])
 
 
 @pytest.mark.parametrize("overrides, match", [
