@@ -186,7 +186,8 @@ def test_curves_are_against_training_time_within_the_budget(compared):
     curve = compared["steps_curves"]["diffusion"]
     assert [(row["sampler"], row["steps"]) for row in curve["rows"]] == [
         ("euler", 2), ("euler", 4), ("dpmpp-2m", 2), ("dpmpp-2m", 4)]
-    assert all(math.isfinite(row["mmd2"]) and row["samples_per_s"] > 0 for row in curve["rows"])
+    assert all(math.isfinite(row["mmd2"]) for row in curve["rows"])
+    assert [row["nfe"] for row in curve["rows"]] == [2, 4, 2, 4]  # one denoiser call per step for both samplers
 
 
 def test_rerun_reuses_finished_runs(compared, monkeypatch):
