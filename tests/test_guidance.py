@@ -150,7 +150,7 @@ def test_guidance_0_is_the_unconditional_model(digits_cond):
     """D_0 = D(x, null) + 0 (D(x, k) - D(x, null)) = D(x, null): guidance 0 with any class draws the unconditional
     samples of the same seed (measured: bit for bit), while guidance 1 (the conditional model) does not."""
     model, _ = digits_cond
-    draw = lambda **opts: model.sample(100, generator=torch.Generator().manual_seed(7), **opts)  # noqa: E731
+    draw = lambda **opts: model.sample(100, generator=torch.Generator().manual_seed(7), **opts)
     unconditional = draw()
     torch.testing.assert_close(draw(label=5, guidance=0.0), unconditional, rtol=0, atol=1e-5)
     assert (draw(label=5, guidance=1.0) - unconditional).abs().max() > 0.5

@@ -40,7 +40,7 @@ def test_default_digits_diffusion_config_reaches_its_fd(tmp_path):
     with one_thread():
         out = train(cfg, tmp_path / "run")
         result = evaluate_run(out, n=2000, plot=False)
-    print("digits diffusion, %d steps: FD %.3f, floor %.3f" % (QUALITY_STEPS, result["fd"], result["floor"]["fd"]))
+    print(f"digits diffusion, {QUALITY_STEPS} steps: FD {result['fd']:.3f}, floor {result['floor']['fd']:.3f}")
     assert result["fd"] < FD_MAX, result
     assert result["fd"] < FD_FLOOR_RATIO_MAX * result["floor"]["fd"], result
     assert result["class_coverage"] >= CLASS_COVERAGE_MIN, result
