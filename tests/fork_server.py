@@ -17,10 +17,11 @@ import json
 import os
 import sys
 
+import torch.utils.tensorboard  # noqa: F401  (Lightning's TensorBoard logger imports it on first use: 1 s)
+
 # Everything `genlab train` imports, before the first fork; nothing here starts a thread.
 import genlab.cli
 import genlab.engine.trainer  # noqa: F401  (torch, Lightning, every genlab module the trainer uses)
-import torch.utils.tensorboard  # noqa: F401  (Lightning's TensorBoard logger imports it on first use: 1 s)
 
 
 def _status(raw: int) -> int:

@@ -22,7 +22,6 @@ from torch import nn
 
 from genlab.engine import checkpoint as ckpt
 from genlab.engine import state_codec
-from genlab.engine.state_codec import flatten_state, unflatten_state
 from genlab.engine.checkpoint import (
     SafeCheckpointIO,
     checkpoint_name,
@@ -34,8 +33,9 @@ from genlab.engine.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from genlab.errors import CheckpointError, RunLockedError
 from genlab.engine.runlock import RunLock
+from genlab.engine.state_codec import flatten_state, unflatten_state
+from genlab.errors import CheckpointError, RunLockedError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

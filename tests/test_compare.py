@@ -17,17 +17,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import GAUSS_CONFIG, folder_digest, genlab_cmd, one_thread
+
 from genlab.errors import ConfigError
 from genlab.experiments.compare import execute as C
 from genlab.experiments.compare import settings as S
-from genlab.experiments.compare.conclusions import Summary, conclusions, label, metric_names, welch_p
+from genlab.experiments.compare.conclusions import (
+    Summary,
+    conclusions,
+    label,
+    metric_names,
+    welch_p,
+)
 from genlab.experiments.compare.report import read_results_csv
 
 SEEDS = 2
 BUDGET = 1.0  # seconds of training per run
-FAMILIES = ("diffusion", "gan", "vae")  # gan fails while training (missing data), vae before (bad config key)
+# diffusion and gan train for real; pixelcnn fails while training (missing data), vae before (bad config key)
+FAMILIES = ("diffusion", "gan", "vae", "pixelcnn")
+TRAINED = ("diffusion", "gan")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -39,8 +47,8 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory) -> Path:
-    """Configs for 8gaussians: a tiny diffusion model, a GAN whose data folder is missing (it fails when
-    training starts) and a VAE with an unknown key (its config fails to load)."""
+    """Configs for 8gaussians: a tiny diffusion model and a tiny GAN (both train), a PixelCNN whose data folder
+    is missing (it fails when training starts) and a VAE with an unknown key (its config fails to load)."""
     folder = tmp_path_factory.mktemp("configs")
     tree = yaml.safe_load(GAUSS_CONFIG.read_text())
     tree["model"]["mlp"] = {"hidden": 32, "depth": 2}
@@ -48,9 +56,15 @@ def config_dir(tmp_path_factory) -> Path:
     tree["trainer"].update(sample_every=100000, sample_n=16)
     tree["eval"] = {"n": 200}
     (folder / "8gaussians-diffusion.yaml").write_text(yaml.safe_dump(tree))
+    gan = yaml.safe_load((GAUSS_CONFIG.parent / "8gaussians-gan.yaml").read_text())
+    gan["model"].update(hidden=32, depth=2)
+    gan["optim"]["batch_size"] = 64
+    gan["trainer"].update(sample_every=100000, sample_n=16)
+    gan["eval"] = {"n": 200}
+    (folder / "8gaussians-gan.yaml").write_text(yaml.safe_dump(gan))
     missing = folder / "no-such-folder"
-    (folder / "8gaussians-gan.yaml").write_text(yaml.safe_dump(
-        {"name": "broken-gan", "family": "gan", "data": {"name": f"folder:{missing}"}}))
+    (folder / "8gaussians-pixelcnn.yaml").write_text(yaml.safe_dump(
+        {"name": "broken-pixelcnn", "family": "pixelcnn", "data": {"name": f"folder:{missing}"}}))
     (folder / "8gaussians-vae.yaml").write_text(yaml.safe_dump(
         {"name": "broken-vae", "family": "vae", "model": {"no_such_key": 1}}))
     return folder
@@ -138,8 +152,12 @@ def test_every_family_seed_and_metric_has_a_row(compared):
         assert [r["metric"] for r in run_rows][: len(metric_names("vector"))] == list(metric_names("vector"))
         assert len({r["status"] for r in run_rows}) == 1
     for row in rows:
-        if row["family"] == "diffusion" and row["metric"] in ("mmd2", "sw", "samples_per_s", "nll_bpd", "nfe"):
+        if row["family"] in TRAINED and row["metric"] in ("mmd2", "sw", "samples_per_s", "nfe"):
             assert row["status"] == "ok" and math.isfinite(float(row["value"]))
+        if row["metric"] == "nll_bpd":  # the GAN has no likelihood: blank, not zero
+            assert (row["value"] == "") == (row["family"] != "diffusion"), row
+        if row["metric"] == "nfe" and row["family"] == "gan":
+            assert float(row["value"]) == 1.0  # one generator call per sample
         if row["metric"] == "mmd2":
             assert row["floor"] != ""  # every quality metric beside its real-vs-real floor
 
@@ -148,16 +166,17 @@ def test_a_failing_family_is_reported_and_the_others_complete(compared):
     rows = read_results_csv(compared["out"] / "results.csv")
     for (family, _), run_rows in runs_of(rows).items():
         status, error = run_rows[0]["status"], run_rows[0]["error"]
-        if family == "diffusion":
+        if family in TRAINED:
             assert status == "ok"
         else:
             assert status == "failed" and all(r["value"] == "" for r in run_rows)  # blank, not zero
-            assert ("no-such-folder" if family == "gan" else "no_such_key") in error
+            assert ("no-such-folder" if family == "pixelcnn" else "no_such_key") in error
     md = (compared["out"] / "report.md").read_text(encoding="utf-8")
-    assert f"gan failed in {SEEDS} of {SEEDS} runs" in md and f"vae failed in {SEEDS} of {SEEDS} runs" in md
+    assert f"pixelcnn failed in {SEEDS} of {SEEDS} runs" in md and f"vae failed in {SEEDS} of {SEEDS} runs" in md
+    assert "gan failed" not in md and "diffusion failed" not in md
     # one progress line per event, naming the run
     assert any(line.startswith(f"[1/{len(FAMILIES) * SEEDS}] diffusion seed 0: training") for line in compared["log"])
-    assert any("gan seed 1: FAILED" in line for line in compared["log"])
+    assert any("pixelcnn seed 1: FAILED" in line for line in compared["log"])
 
 
 def test_curves_are_against_training_time_within_the_budget(compared):
@@ -174,7 +193,8 @@ def test_curves_are_against_training_time_within_the_budget(compared):
     curve = compared["steps_curves"]["diffusion"]
     assert [(row["sampler"], row["steps"]) for row in curve["rows"]] == [
         ("euler", 2), ("euler", 4), ("dpmpp-2m", 2), ("dpmpp-2m", 4)]
-    assert all(math.isfinite(row["mmd2"]) and row["samples_per_s"] > 0 for row in curve["rows"])
+    assert all(math.isfinite(row["mmd2"]) for row in curve["rows"])
+    assert [row["nfe"] for row in curve["rows"]] == [2, 4, 2, 4]  # one denoiser call per step for both samplers
 
 
 def test_rerun_reuses_finished_runs(compared, monkeypatch):
@@ -186,8 +206,8 @@ def test_rerun_reuses_finished_runs(compared, monkeypatch):
     monkeypatch.setattr(C, "train_run", lambda plan, isolate: trained.append(plan.name) or real_train_run(plan, isolate))
     lines: list[str] = []
     again = C.compare(settings, log=lines.append)
-    assert trained == [f"gan-seed{k}" for k in range(SEEDS)]  # failed runs are tried again, finished ones are not
-    assert sum("finished earlier: reused" in line for line in lines) == SEEDS
+    assert trained == [f"pixelcnn-seed{k}" for k in range(SEEDS)]  # failed runs are tried again, finished ones not
+    assert sum("finished earlier: reused" in line for line in lines) == len(TRAINED) * SEEDS
     assert any("quality vs steps reused" in line for line in lines)
     for folder, digest in before.items():
         assert folder_digest(Path(folder) / "checkpoints") == digest
@@ -196,19 +216,51 @@ def test_rerun_reuses_finished_runs(compared, monkeypatch):
     assert (out / "report.html").is_file()
 
 
-def test_report_conclusions_follow_the_numbers_of_results_csv(compared):
+def test_report_ranks_two_trained_families_as_an_independent_welch_test_does(compared):
+    """The report's MMD^2 and sliced-Wasserstein sentences, for two genuinely trained families (diffusion, GAN; 2
+    seeds each), against a ranking and Welch test done here from results.csv with scipy's own t-test on the raw
+    per-seed values (not genlab's Summary / welch_p)."""
+    from statistics import fmean
+
+    from scipy.stats import ttest_ind
+
     out = compared["out"]
     rows = read_results_csv(out / "results.csv")
     md = (out / "report.md").read_text(encoding="utf-8")
-    assert all(line in md for line in conclusions(rows))  # the report says what the table says
+    for metric, name in (("mmd2", "MMD^2"), ("sw", "sliced Wasserstein")):  # lower is better for both
+        values = {f: [float(r["value"]) for r in rows if r["family"] == f and r["metric"] == metric] for f in TRAINED}
+        assert all(len(v) == SEEDS for v in values.values()), values
+        first, second = sorted(TRAINED, key=lambda f: fmean(values[f]))
+        assert fmean(values[first]) < fmean(values[second])  # a tie would make the expected order ambiguous
+        p = float(ttest_ind(values[first], values[second], equal_var=False).pvalue)
+        line = next(line for line in md.splitlines() if f"{name} (lower is better" in line)
+        assert f"{first} ranks first with {fmean(values[first]):.4g} ± " in line, line
+        assert f"then {second} {fmean(values[second]):.4g} ± " in line, line
+        words = "a clear gap (Welch t-test " if p < 0.05 else "within noise (Welch t-test "
+        assert f"{first} vs {second}: {words}" in line, (line, p)
+        assert ("p < 0.001" if p < 0.001 else f"p = {p:.2g}") in line, (line, p)
+    assert "losses-gan.png" in (out / "report.html").read_text(encoding="utf-8")  # the GAN's D/G traces
 
-    def mmd_line(twin_scale: float) -> str:
-        twin = [{**r, "family": "twin", "value": str(float(r["value"]) * twin_scale)}
-                for r in rows if r["family"] == "diffusion" and r["value"] != ""]
+
+def test_conclusions_follow_perturbed_numbers(compared):
+    """A made-up family shifted below the best family's MMD^2 ranks first; shifted above the worst's, it ranks last
+    and the best stays first. (A shift, not a factor: an unbiased MMD^2 can be negative.)"""
+    from statistics import fmean
+
+    rows = read_results_csv(compared["out"] / "results.csv")
+    mean = {f: fmean(float(r["value"]) for r in rows if r["family"] == f and r["metric"] == "mmd2") for f in TRAINED}
+    best, worst = min(mean, key=mean.get), max(mean, key=mean.get)
+    gap = 1.0 + max(abs(m) for m in mean.values())
+
+    def mmd_line(source: str, shift: float) -> str:
+        twin = [{**r, "family": "twin", "value": str(float(r["value"]) + shift)}
+                for r in rows if r["family"] == source and r["value"] != ""]
         return next(line for line in conclusions(rows + twin) if line.startswith(f"{label('mmd2')} ("))
 
-    assert "twin ranks first" in mmd_line(0.5)  # lower MMD is better
-    assert "diffusion ranks first" in mmd_line(2.0)
+    assert "twin ranks first" in mmd_line(best, -gap)  # lower MMD is better
+    line = mmd_line(worst, gap)
+    assert f"{best} ranks first" in line and f"then {worst} " in line, line
+    assert line.index(", twin ") > line.index(f"then {worst} "), line  # the twin, above the worst, comes last
 
 
 # ---------------------------------------------------------------- conclusions from synthetic numbers
@@ -278,9 +330,9 @@ def test_bits_per_dim_are_ranked_only_within_one_unit():
     ("rbm", "image", {}, "binarised pixels"), ("rbm", "vector", {}, "continuous density"),
     ("dbn", "image", {}, "binarised pixels"), ("gan", "image", {}, None)])
 def test_each_family_says_what_its_bits_per_dim_are_bits_of(family, kind, model_overrides, unit):
+    from genlab.data.base import DataInfo
     from genlab.engine.config import load_config
     from genlab.models.registry import build_model
-    from genlab.data.base import DataInfo
 
     config = S.default_config_dir() / f"{'digits' if kind == 'image' else '8gaussians'}-{family}.yaml"
     cfg = load_config(config, [f"model.{k}={v}" for k, v in model_overrides.items()])
@@ -362,7 +414,7 @@ def test_family_config_falls_back_to_the_config_of_the_data_kind(tmp_path):
 
 def test_a_crashing_training_process_is_one_line_of_error(tmp_path, config_dir):
     """A run trained in its own `genlab train` process: its failure comes back as the process's error line."""
-    plan = S.plan_runs(tiny_settings(tmp_path / "out", config_dir, families=("gan",), seeds=1))[0]
+    plan = S.plan_runs(tiny_settings(tmp_path / "out", config_dir, families=("pixelcnn",), seeds=1))[0]
     error = C.train_run(plan, isolate=True)
     assert error is not None and "no-such-folder" in error and "\n" not in error
     assert "error:" in (plan.folder / S.TRAIN_LOG).read_text()
@@ -372,15 +424,15 @@ def test_a_crashing_training_process_is_one_line_of_error(tmp_path, config_dir):
 def test_cli_runs_each_family_in_its_own_process(tmp_path, config_dir):
     """The real command: progress lines, the report, and a family whose `genlab train` process fails."""
     out = tmp_path / "report"
-    proc = genlab_cmd("compare", "--data", "8gaussians", "--families", "diffusion,gan", "--seeds", "1", "--budget",
+    proc = genlab_cmd("compare", "--data", "8gaussians", "--families", "diffusion,pixelcnn", "--seeds", "1", "--budget",
                       "1s", "--config-dir", str(config_dir), "--out", str(out), "--n", "200", "--nll-n", "0",
                       "--samplers", "euler", "--steps-grid", "2", timeout=300, check_rc=0)
-    assert "[1/2] diffusion seed 0: training" in proc.stdout and "[2/2] gan seed 0: FAILED" in proc.stdout
+    assert "[1/2] diffusion seed 0: training" in proc.stdout and "[2/2] pixelcnn seed 0: FAILED" in proc.stdout
     rows = read_results_csv(out / "results.csv")
     status = {(r["family"], r["seed"]): (r["status"], r["error"]) for r in rows}
     assert status[("diffusion", "0")][0] == "ok"
-    assert status[("gan", "0")][0] == "failed" and "no-such-folder" in status[("gan", "0")][1]
-    assert (out / "runs" / "gan-seed0" / "train.log").is_file() and (out / "report.html").is_file()
+    assert status[("pixelcnn", "0")][0] == "failed" and "no-such-folder" in status[("pixelcnn", "0")][1]
+    assert (out / "runs" / "pixelcnn-seed0" / "train.log").is_file() and (out / "report.html").is_file()
 
 
 @pytest.mark.parametrize("args,message", [

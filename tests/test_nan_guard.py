@@ -1,5 +1,6 @@
 """The trainer's NaN/Inf guard (genlab/engine/nonfinite.py), tested by injecting NaN through callbacks:
-into a batch, into a gradient, into the weights, for an automatic- and a manual-optimisation family.
+into a batch, into a gradient, into the weights, for the diffusion family (automatic optimisation) and the
+real GAN family (manual optimisation, two optimisers judged one by one).
 
 Invariants: a skipped step moves neither the weights, nor the EMA, nor AdamW's moments (the
 checkpoint after it equals the one before it, tensor for tensor); `patience` bad steps in a row
@@ -14,16 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GAUSS_CONFIG, one_thread, tiny_config
 from lightning.pytorch.callbacks import Callback
 
-from conftest import GAUSS_CONFIG, one_thread, tiny_config
 from genlab.engine.checkpoint import flatten_state, list_checkpoints, load_checkpoint
 from genlab.engine.config import load_config
-from genlab.errors import TrainingError
-from genlab.models.base import all_finite, lr_multiplier
 from genlab.engine.runlock import RunLock
 from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML
 from genlab.engine.trainer import train
+from genlab.errors import TrainingError
+from genlab.models.base import all_finite, lr_multiplier
 
 NAN = float("nan")
 # Every step checkpointed and kept; a warm-up, so that the learning rate differs from step to step.
@@ -157,33 +158,104 @@ def test_a_run_that_stays_nan_stops_with_a_clear_error(case, tmp_path):
     RunLock(out).acquire().release()  # the lock is released
 
 
-def test_manual_optimisation_families_are_guarded_too(tmp_path, monkeypatch):
-    """A family stepping its own optimiser (as the GAN does) is guarded through Lightning's hooks alone."""
-    import genlab.engine.trainer
-    from genlab.models.diffusion import DiffusionModel
+# ---------------------------------------------------------------- the GAN: two optimisers, each judged on its own
 
-    class ManualDiffusion(DiffusionModel):
-        """The diffusion family with manual optimisation: backward, step and schedule by hand."""
+GAUSS_GAN = GAUSS_CONFIG.parent / "8gaussians-gan.yaml"
+TINY_GAN = ["model.hidden=16", "model.depth=2", "optim.batch_size=32", "trainer.progress=false",
+            "trainer.sample_every=100000", "trainer.sample_n=16"]
 
-        def __init__(self, *args) -> None:
-            super().__init__(*args)
-            self.automatic_optimization = False
 
-        def training_step(self, batch, batch_idx):
-            opt = self.optimizers()
-            opt.zero_grad()
-            loss = super().training_step(batch, batch_idx)
-            self.manual_backward(loss)
-            opt.step()
-            self.lr_schedulers().step()
-            return loss
+class InjectGANNaN(Callback):
+    """NaN into the gradients of G ("g") or D ("d") just before that network's optimiser step, at the given
+    optimiser steps (numbered from 1). Runs before the guard (extra callbacks come first), so the guard
+    sees the gradient the real GAN's `manual_backward` produced, with one NaN in it."""
 
-    monkeypatch.setattr(genlab.engine.trainer, "build_model", lambda family, *args: ManualDiffusion(*args))
-    states = guarded_run(tmp_path / "run", 5, InjectNaN(grad=[3]))
-    assert same_tensors(states[3]["state_dict"], states[2]["state_dict"])
-    assert same_tensors(moments(states[3]), moments(states[2]))
-    assert not same_tensors(states[4]["state_dict"], states[3]["state_dict"])
+    def __init__(self, g=(), d=()) -> None:
+        self.steps = {"g": set(g), "d": set(d)}
+        self.seen: list[tuple[int, str]] = []  # (step, network) of every optimiser step the GAN made
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        name = optimizer.param_groups[0]["name"]
+        # D steps first and advances global_step; G's step of the same batch comes after it.
+        step = trainer.global_step + (1 if name == "d" else 0)
+        self.seen.append((step, name))
+        if step in self.steps[name]:
+            next(p for p in optimizer.param_groups[0]["params"] if p.grad is not None).grad.view(-1)[0] = NAN
+
+
+def gan_guarded_run(out: Path, steps: int, inject: Callback, *overrides: str) -> dict[int, dict]:
+    """A tiny guarded run of the real GAN family (8gaussians MLP pair, two AdamW optimisers)."""
+    cfg = load_config(GAUSS_GAN, [*TINY_GAN, *GUARDED, f"trainer.max_steps={steps}", *overrides])
+    train(cfg, out, callbacks=[inject])
+    return {int(p.stem.split("-")[1]): load_checkpoint(p) for p in list_checkpoints(out / CHECKPOINTS)}
+
+
+def part(state: dict, prefix: str) -> dict:
+    """The tensors of one network in a checkpoint's state_dict: "net." (G), "disc." (D), "ema_net." (G's EMA)."""
+    return {k: v for k, v in state["state_dict"].items() if k.startswith(prefix)}
+
+
+def adam(state: dict, name: str) -> dict:
+    """The AdamW state (step, exp_avg, exp_avg_sq) of G's ("g") or D's ("d") optimiser in a checkpoint."""
+    return state["optimizer_states"][{"g": 0, "d": 1}[name]]["state"]
+
+
+@pytest.mark.parametrize("bad,good", [("g", "d"), ("d", "g")])
+def test_gan_nan_gradient_skips_only_that_networks_step(bad, good, tmp_path):
+    """A NaN in G's (D's) gradient at step 3 leaves G's (D's) weights and AdamW moments exactly as at step 2,
+    while the other network takes its step; the step counts as bad (streak 1), the next one clears it."""
+    inject = InjectGANNaN(**{bad: [3]})
+    states = gan_guarded_run(tmp_path / "run", 5, inject)
+    assert (3, "g") in inject.seen and (3, "d") in inject.seen  # both optimisers stepped through the hook
+    net = {"g": "net.", "d": "disc."}
+    assert same_tensors(part(states[3], net[bad]), part(states[2], net[bad]))
+    assert same_tensors(adam(states[3], bad), adam(states[2], bad))
+    assert not same_tensors(part(states[3], net[good]), part(states[2], net[good]))
+    assert not same_tensors(adam(states[3], good), adam(states[2], good))
+    assert int(adam(states[3], bad)[0]["step"]) == int(adam(states[2], bad)[0]["step"]) == 2
+    assert int(adam(states[3], good)[0]["step"]) == 3
+    assert guard_state(states[3])["bad_streak"] == 1 and guard_state(states[4])["bad_streak"] == 0
+    assert not same_tensors(part(states[4], net[bad]), part(states[3], net[bad]))  # training goes on
+
+
+def test_gan_nan_batch_skips_the_discriminator_step_only(tmp_path):
+    """A NaN in the data makes D's loss NaN (D sees the batch) but not G's (G's loss is D(G(z)) only): D's step is
+    skipped, G's is taken."""
+
+    class NaNBatch(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if trainer.global_step + 1 == 3:
+                batch.x[0, 0] = NAN
+
+    states = gan_guarded_run(tmp_path / "run", 4, NaNBatch())
+    assert same_tensors(part(states[3], "disc."), part(states[2], "disc."))
+    assert same_tensors(adam(states[3], "d"), adam(states[2], "d"))
+    assert not same_tensors(part(states[3], "net."), part(states[2], "net."))
     assert guard_state(states[3])["bad_streak"] == 1
+
+
+def test_gan_nan_in_a_row_restores_both_networks_and_both_learning_rates(tmp_path, caplog):
+    """patience=3: G's and D's gradients NaN at steps 4, 5, 6: nothing moves, and at 6 the newest checkpoint
+    (step 5 = step 3) is restored; both optimisers' learning rates are halved from then on."""
+    with caplog.at_level(logging.WARNING, logger="genlab"):
+        states = gan_guarded_run(tmp_path / "run", 8, InjectGANNaN(g=[4, 5, 6], d=[4, 5, 6]))
+    for step in (4, 5, 6):
+        assert same_tensors(states[step]["state_dict"], states[3]["state_dict"])  # G, D and G's EMA
+        assert same_tensors(moments(states[step]), moments(states[3]))
+    assert guard_state(states[5]) == {"bad_streak": 2, "restores": 0, "lr_scale": 1.0}
+    assert guard_state(states[6]) == {"bad_streak": 0, "restores": 1, "lr_scale": 0.5}
+    cfg = load_config(tmp_path / "run" / CONFIG_YAML)
+    schedule = lr_multiplier(cfg.optim.warmup_steps, cfg.optim.lr_schedule, cfg.trainer.max_steps)
+    for step, state in states.items():
+        scale = 0.5 if step >= 6 else 1.0
+        for k in (0, 1):  # G's and D's optimiser (model.d_lr unset: both at optim.lr)
+            assert state["optimizer_states"][k]["param_groups"][0]["lr"] == pytest.approx(
+                scale * cfg.optim.lr * schedule(step), rel=1e-12)
+            assert state["lr_schedulers"][k]["base_lrs"] == [scale * cfg.optim.lr]
+    for prefix in ("net.", "disc."):
+        assert not same_tensors(part(states[7], prefix), part(states[6], prefix))
+    assert any("step 6: restored the weights, EMA and optimiser state of step-000000005.json" in r.getMessage()
+               for r in caplog.records)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 1e30])

@@ -380,4 +380,14 @@ def test_condition_embedding_shape_and_null_row():
     emb = ConditionEmbedding(emb_dim=12, noise_dim=8, num_classes=NUM_CLASSES)
     assert emb.label_embedding.num_embeddings == NUM_CLASSES + 1
     assert emb(torch.zeros(5)).shape == (5, 12)
-    assert math.isfinite(emb(torch.zeros(5), torch.arange(5) % 4).sum().item())
+    c, cond = torch.zeros(5), torch.arange(5) % (NUM_CLASSES + 1)  # labels 0, 1, 2, null, 0
+    out = emb(c, cond)
+    # same label, same row (up to the last bit: rows of one batched product may round differently); null differs
+    torch.testing.assert_close(out[0], out[4], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(out[0], out[3])
+    torch.testing.assert_close(emb(c), emb(c, torch.full((5,), NUM_CLASSES)))  # cond=None is the null row
+    with torch.no_grad():  # the null row is its own learned row: moving it moves null outputs only
+        emb.label_embedding.weight[NUM_CLASSES] += 1.0
+    moved = emb(c, cond)
+    torch.testing.assert_close(moved[[0, 1, 2, 4]], out[[0, 1, 2, 4]], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(moved[3], out[3])

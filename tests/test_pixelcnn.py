@@ -16,9 +16,9 @@ import pytest
 import torch
 from conftest import CONFIGS, one_thread
 
+from genlab.data.base import DataInfo
 from genlab.engine.config import OptimSpec, load_config
 from genlab.errors import ConfigError
-from genlab.data.base import DataInfo
 from genlab.models.pixelcnn import PixelCNNModel
 from genlab.models.specs import PixelCNNSpec
 from genlab.nn.distributions import (
@@ -362,7 +362,11 @@ def train_pixelcnn(config, out, *overrides: str, resume: bool = False):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    from genlab.engine.checkpoint import flatten_state, latest_checkpoint, load_checkpoint
+    from genlab.engine.checkpoint import (
+        flatten_state,
+        latest_checkpoint,
+        load_checkpoint,
+    )
 
     straight = train_pixelcnn(DIGITS_PIXELCNN, tmp_path / "straight", "trainer.max_steps=4")
     resumed = train_pixelcnn(DIGITS_PIXELCNN, tmp_path / "resumed", "trainer.max_steps=2")

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import CONFIGS, genlab_cmd, one_thread
-from genlab.boltzmann.ais import (ais_betas, ais_log_partition, binary_entropy, dbn_log_likelihood_bound,
-                                  log_partition_exact)
+
+from genlab.boltzmann.ais import (
+    ais_betas,
+    ais_log_partition,
+    binary_entropy,
+    dbn_log_likelihood_bound,
+    log_partition_exact,
+)
 from genlab.boltzmann.gibbs import contrastive_divergence_loss, gibbs_sweeps
 from genlab.boltzmann.machine import binary_states
 from genlab.nn.rbm import BernoulliRBM, GaussianBernoulliRBM
@@ -307,8 +312,11 @@ def test_sample_and_log_likelihood_of_a_trained_run(path, rbm_runs):
     data = torch.rand(5, *shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
     bpd = model.log_likelihood(data, generator=torch.Generator().manual_seed(2))
     assert bpd.shape == (5,) and bpd.dtype == torch.float64 and bool(torch.isfinite(bpd).all())
-    if model.info.modality == "image":  # nats of binary pixels: an RBM that learnt little is near 1 bit/dim
-        assert bool((bpd > 0).all())
+    if model.info.modality == "image":
+        # The data binarise to fair coin flips, whose cross-entropy under any model is >= 1 bit/dim (Gibbs'
+        # inequality), with equality for the uniform model; 3 steps from a small init leave the model near
+        # uniform, so AIS must find about 1 bit/dim (measured: 0.999-1.004).
+        assert torch.allclose(bpd, torch.ones_like(bpd), atol=0.02), bpd
     assert model.network_evaluations(steps=7) == 7 and model.LIKELIHOOD
 
 
@@ -327,7 +335,9 @@ def test_cli_sample_and_eval(rbm_runs, tmp_path, capsys):
     assert "--sampler does not apply to the rbm family" in capsys.readouterr().err
     assert main(["eval", str(rbm_runs[GAUSS_RBM]), "-n", "200", "--steps", "3", "--nll-n", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert 0 <= result["mode_coverage"] <= 1 and math.isfinite(result["nll_bpd"])
+    assert result["n_samples"] == 200 and result["floor"]["mode_coverage"] == 1.0  # real data cover all 8 modes
+    assert result["mode_coverage"] * 8 == round(result["mode_coverage"] * 8)  # a count of the 8 modes
+    assert math.isfinite(result["nll_bpd"])
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -353,10 +363,10 @@ def test_dbn_warns_when_the_top_layer_would_not_train(tmp_path, caplog):
 def test_dbn_refuses_several_devices_at_fit_start():
     from types import SimpleNamespace
 
+    from genlab.data.base import DataInfo
     from genlab.engine.config import load_config
     from genlab.errors import ConfigError
     from genlab.models.registry import build_model
-    from genlab.data.base import DataInfo
 
     cfg = load_config(DIGITS_DBN, tiny_overrides(DIGITS_DBN))
     model = build_model("dbn", cfg.model, DataInfo((1, 8, 8), "image", 10, 0.5), cfg.optim)
@@ -422,8 +432,8 @@ def single_gaussian_bits(train_x) -> float:
 
 @pytest.mark.slow
 def test_digits_rbm_on_a_small_budget_draws_most_classes_and_beats_independent_pixels(tmp_path):
-    from genlab.engine.config import load_config
     from genlab.data import load_dataset
+    from genlab.engine.config import load_config
     from genlab.engine.evaluate import evaluate_run
     from genlab.engine.trainer import train
 
@@ -438,8 +448,8 @@ def test_digits_rbm_on_a_small_budget_draws_most_classes_and_beats_independent_p
 @pytest.mark.parametrize("path, quality", [(GAUSS_RBM, 0.9), (GAUSS_DBN, 0.6)], ids=["rbm", "dbn"])
 def test_8gaussians_default_configs_cover_every_mode(path, quality, tmp_path):
     """Every mode drawn; `quality` of the samples within 3 std of a mode; better bits/dim than one Gaussian."""
-    from genlab.engine.config import load_config
     from genlab.data import load_dataset
+    from genlab.engine.config import load_config
     from genlab.engine.evaluate import evaluate_run
     from genlab.engine.trainer import train
 

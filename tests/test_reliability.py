@@ -27,17 +27,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import GAUSS_CONFIG, TINY, genlab_argv, genlab_env, one_thread, train_tiny
-from genlab.engine import checkpoint as ckpt_io
-from genlab.engine.checkpoint import (flatten_state, list_checkpoints, load_checkpoint, stale_temp_files,
-                               verify_checkpoint)
+
 from genlab.cli import main
+from genlab.engine import checkpoint as ckpt_io
+from genlab.engine.checkpoint import (
+    flatten_state,
+    list_checkpoints,
+    load_checkpoint,
+    stale_temp_files,
+    verify_checkpoint,
+)
 from genlab.engine.config import load_config
-from genlab.errors import RunLockedError
 from genlab.engine.runlock import RunLock
 from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML, RUN_JSON
 from genlab.engine.trainer import train
+from genlab.errors import RunLockedError
 
 KEEP_LAST = 3
 # Checkpoint after every step, so that many kills land while one is being written.
@@ -362,8 +367,9 @@ def test_disk_full_during_training_keeps_the_previous_checkpoint(tmp_path, monke
 @pytest.mark.parametrize("where", ["config", "metrics"])
 def test_disk_full_outside_checkpoints_is_one_line(where, tmp_path, monkeypatch, capsys):
     """A full disk met writing config.yaml (genlab) or metrics.csv (Lightning's logger): one line, exit 2."""
-    import genlab.engine.trainer
     from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    import genlab.engine.trainer
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "metrics.csv")

@@ -22,19 +22,25 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import GAUSS_CONFIG, REPO, TINY, copy_run, folder_digest, one_thread
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import GAUSS_CONFIG, REPO, TINY, copy_run, folder_digest, one_thread
-from genlab.engine.checkpoint import checkpoint_paths, latest_checkpoint, load_checkpoint, load_tensors, save_checkpoint
 from genlab.cli import main
-from genlab.engine.config import build_config, read_yaml
 from genlab.data.base import DataSpec
 from genlab.data.folder import load_folder
-from genlab.errors import CheckpointError, ConfigError, DataError
+from genlab.engine.checkpoint import (
+    checkpoint_paths,
+    latest_checkpoint,
+    load_checkpoint,
+    load_tensors,
+    save_checkpoint,
+)
+from genlab.engine.config import build_config, read_yaml
 from genlab.engine.evaluate import load_samples_npz
 from genlab.engine.runs import CHECKPOINTS, SAMPLES
+from genlab.errors import CheckpointError, ConfigError, DataError
 from genlab.safepaths import escaping_links, safe_join
 
 # Derandomized: the default suite gives the same verdict on every run (run with more examples to hunt).

@@ -8,7 +8,11 @@ import pytest
 import torch
 
 from genlab.diffusion import samplers as S
-from genlab.diffusion.guidance import classifier_free_guidance, clip_denoised, dynamic_threshold
+from genlab.diffusion.guidance import (
+    classifier_free_guidance,
+    clip_denoised,
+    dynamic_threshold,
+)
 from genlab.diffusion.schedules import sigmas_karras
 
 MU, STD = 0.7, 0.4
