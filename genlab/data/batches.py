@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-from genlab.data.base import TensorData
 from genlab.errors import ConfigError
 
 _MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads consecutive integers over the seed space
@@ -81,11 +81,22 @@ class Batch:
         return torch.Generator().manual_seed(self.seed)
 
 
+class IndexedExamples(Protocol):
+    """What StepBatches draws from: N examples addressed by index (a TensorData, a text split's TokenWindows)."""
+
+    def __len__(self) -> int: ...
+
+    def examples(self, index: Tensor) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """The examples at `index` ((K,) int64): x (K, ...), labels (K,) or None, extras (K, ...) each."""
+        ...
+
+
 class StepBatches(IterableDataset):
     """Endless micro-batches (`Batch`) from step `start_step` on, for one rank.
 
     Args:
-        data: the training split, held in memory.
+        data: the training split: any `IndexedExamples` (images and vectors in memory, windows over a
+            token stream that are gathered on demand rather than materialised).
         batch_size: global batch per optimiser step (all ranks and micro-batches together).
         seed: the run seed.
         start_step: the first optimiser step to produce (the resumed global step).
@@ -93,7 +104,7 @@ class StepBatches(IterableDataset):
         accumulate: micro-batches per optimiser step.
     """
 
-    def __init__(self, data: TensorData, batch_size: int, seed: int, start_step: int = 0,
+    def __init__(self, data: IndexedExamples, batch_size: int, seed: int, start_step: int = 0,
                  rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
         if batch_size % (world_size * accumulate):
             raise ConfigError(
@@ -114,8 +125,10 @@ class StepBatches(IterableDataset):
         per_micro = per_rank // self.accumulate
         lo = self.rank * per_rank + micro * per_micro
         idx = idx[lo : lo + per_micro]
-        y = self.data.y[idx] if self.data.y is not None else torch.full((len(idx),), -1, dtype=torch.long)
-        return Batch(self.data.x[idx], y, mix_seed(self.seed, 2, step), lo, self.batch_size)
+        x, y, extras = self.data.examples(idx)
+        if y is None:
+            y = torch.full((len(idx),), -1, dtype=torch.long)
+        return Batch(x, y, mix_seed(self.seed, 2, step), lo, self.batch_size, extras)
 
     def __iter__(self) -> Iterator[Batch]:
         step = self.start_step
