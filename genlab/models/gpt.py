@@ -16,12 +16,17 @@ from torch import Tensor
 
 from genlab.data.base import DataInfo
 from genlab.data.batches import Batch
+from genlab.data.infill import InfillTemplate
 from genlab.errors import ConfigError
 from genlab.lm import generate, next_token_loss, next_token_nll
 from genlab.models.base import eval_mode
 from genlab.models.specs import GPTSpec
 from genlab.models.specs import gpt as specs_gpt
 from genlab.models.text import TextModule, build_transformer
+
+
+#: how `infill` fills spans, as reported beside its result
+INFILL_METHOD = "gpt baseline: left to right, each span sampled from the text before it (the text after it is unseen)"
 
 
 class GPTModel(TextModule):
@@ -97,6 +102,33 @@ class GPTModel(TextModule):
                                banned=(self.mask_id,), cache=cache)
                 out.append(new.cpu())
         return torch.cat(out) if out else torch.zeros((0, o["max_new_tokens"]), dtype=torch.long)
+
+    @torch.no_grad()
+    def infill(self, text: str, *, generator: torch.Generator | None = None) -> dict:
+        """The baseline a user would try: fill each `[MASK:n]` span left to right with n sampled tokens.
+
+        Each span is generated from everything before it (the literal text and the earlier fills), at the
+        run's temperature, top-k and top-p; the text after a span is *not* seen. Literal text stays
+        byte-identical (the spans' tokens are decoded alone and spliced in).
+
+        Returns:
+            {"text", "fills", "fill_tokens", "method"} as MDLMModel.infill.
+        """
+        template = InfillTemplate.parse(text)
+        o = self.resolve_options()
+        ids, fill_tokens = [], []
+        with eval_mode(self.net):
+            for i, n in enumerate(template.spans):
+                ids += self.encode_prompt(template.pieces[i], flag="--text")
+                prefix = torch.tensor([ids or [self.eot_id]], dtype=torch.long, device=self.device)
+                new = generate(self.net, prefix, n, context=self.context, generator=generator,
+                               temperature=o["temperature"], top_k=o["top_k"], top_p=o["top_p"],
+                               banned=(self.mask_id,))[0].tolist()
+                ids += new
+                fill_tokens.append(new)
+        self.encode_prompt(template.pieces[-1], flag="--text")  # the same check on the last piece
+        fills = [self.decode(f) for f in fill_tokens]
+        return {"text": template.splice(fills), "fills": fills, "fill_tokens": fill_tokens, "method": INFILL_METHOD}
 
     def network_evaluations(self, max_new_tokens: int | None = None, **_) -> int:
         """Network passes per sample: one per generated token (each reads one token through the cache)."""

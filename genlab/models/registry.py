@@ -8,6 +8,7 @@ from genlab.models.base import GenerativeModule
 from genlab.models.diffusion import DiffusionModel
 from genlab.models.gan import GANModel
 from genlab.models.gpt import GPTModel
+from genlab.models.mdlm import MDLMModel
 from genlab.models.pixelcnn import PixelCNNModel
 from genlab.models.rbm import DBNModel, RBMModel
 from genlab.models.vae import VAEModel
@@ -21,6 +22,7 @@ FAMILIES: dict[str, type[GenerativeModule]] = {
     "rbm": RBMModel,
     "dbn": DBNModel,
     "gpt": GPTModel,
+    "mdlm": MDLMModel,
 }
 
 

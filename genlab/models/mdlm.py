@@ -1,0 +1,162 @@
+"""The MDLM family: a masked (absorbing-state) diffusion language model (Sahoo et al. 2024).
+
+The forward process masks each token independently with probability 1 - alpha_t (log-linear
+schedule, alpha_t = 1 - t); the denoiser is the shared transformer without the causal mask,
+given the masked sequence and no time (MDLM drops time conditioning), under the SUBS
+parameterisation (the mask is never predicted, unmasked tokens are copied). Training minimises the
+continuous-time NELBO, (1/t) x cross-entropy on the masked positions, with antithetic times drawn
+for the whole global batch from the step's seed. Sampling is ancestral with the denoiser's output
+cached while no token changes; infilling fixes the given tokens. All the math is in
+genlab/diffusion/discrete.py; this module wires it to the trainer and the run's tokenizer.
+
+Its likelihood is a bound: the NELBO, an upper bound on -log p(x), estimated by Monte Carlo.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from genlab.data.base import DataInfo
+from genlab.data.batches import Batch
+from genlab.data.infill import InfillTemplate
+from genlab.diffusion.discrete import mdlm_loss, q_mask, sample_mdlm, sample_times, timesteps
+from genlab.errors import ConfigError, DataError
+from genlab.models.base import eval_mode
+from genlab.models.specs import MDLMSpec
+from genlab.models.specs import mdlm as specs_mdlm
+from genlab.models.text import TextModule, build_transformer
+
+#: how `infill` fills spans, as reported beside its result
+INFILL_METHOD = "mdlm: ancestral denoising of the spans, conditioned on the text on both sides"
+
+
+class MDLMModel(TextModule):
+    """Masked diffusion LM: `training_step` minimises the NELBO; `sample` and `infill` denoise ancestrally."""
+
+    FAMILY = "mdlm"
+    SAMPLE_OPTIONS = specs_mdlm.SAMPLE_OPTIONS
+    LIKELIHOOD = ("an upper bound: the continuous-time NELBO of MDLM in bits per token (bits/char with a character "
+                  "tokenizer), a Monte-Carlo estimate over times t in [eps, 1)")
+    LIKELIHOOD_IS_BOUND = True
+
+    def __init__(self, spec: MDLMSpec, info: DataInfo, optim) -> None:
+        super().__init__(build_transformer(spec, info, causal=False), info, optim, spec)
+
+    # ---------------------------------------------------------------- training
+
+    def noisy_batch(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Times t (B,) float64 and masked tokens z_t (B, L) of the micro-batch.
+
+        Drawn for the whole global batch from the step's seed, then the micro-batch's rows kept, so
+        accumulated micro-batches equal one batch and a resumed run draws what the uninterrupted one drew.
+        """
+        g = batch.generator()
+        t = sample_times(batch.global_batch, generator=g, eps=self.spec.eps, antithetic=self.spec.antithetic)
+        # Which positions are masked, drawn by q_mask itself on the global batch's shape (1 marks a mask).
+        masked = q_mask(torch.zeros(batch.global_batch, batch.x.shape[1], dtype=torch.long), t, 1, generator=g)
+        masked = (masked[batch.rows] == 1).to(batch.x.device)  # (B, L)
+        z_t = torch.where(masked, torch.full_like(batch.x, self.mask_id), batch.x)
+        return t[batch.rows].to(batch.x.device), z_t
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """One step of the NELBO (nats per token) with antithetic times for the global batch."""
+        t, z_t = self.noisy_batch(batch)
+        with self.step_randomness(batch):
+            logits = self.net(z_t)  # (B, L, V)
+        loss = mdlm_loss(logits, batch.x, z_t, t, self.mask_id).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, *, generator: torch.Generator | None = None, ema: bool = True,
+                       batch_size: int = 64, draws: int | None = None) -> Tensor:
+        """The NELBO bound in bits per token of each sequence, averaged over `draws` stratified times t.
+
+        An upper bound on -log2 p(x) / T (in expectation), never the exact value.
+
+        Args:
+            x: (B, T) int64, T <= seq_len, no mask token.
+            generator: seeds the times and the masks.
+            draws: times per sequence (default `model.likelihood_draws`), one per stratum of [eps, 1).
+        Returns:
+            (B,) float64 on the CPU.
+        """
+        if x.dim() != 2 or not 1 <= x.shape[1] <= self.context:
+            raise ConfigError(f"log_likelihood needs (B, T) tokens with T <= {self.context}, got {tuple(x.shape)}")
+        k = self.spec.likelihood_draws if draws is None else draws
+        eps = self.spec.eps
+        out = []
+        with eval_mode(self.net):
+            for start in range(0, len(x), batch_size):
+                chunk = x[start:start + batch_size]
+                total = torch.zeros(len(chunk), dtype=torch.float64)
+                for i in range(k):
+                    u = torch.rand(len(chunk), generator=generator, dtype=torch.float64)
+                    t = eps + (1.0 - eps) * (i + u) / k  # one draw per stratum
+                    z_t = q_mask(chunk, t, self.mask_id, generator=generator)
+                    logits = self.net(z_t.to(self.device))
+                    total += mdlm_loss(logits, chunk.to(self.device), z_t.to(self.device), t.to(self.device),
+                                       self.mask_id).double().cpu()
+                out.append(total / k / math.log(2))
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+    # ---------------------------------------------------------------- sampling
+
+    def denoise(self, z: Tensor) -> Tensor:
+        """Raw denoiser logits (B, L, V) of masked tokens z (B, L) (time-independent, so outputs can be cached)."""
+        return self.net(z.to(self.device)).float().cpu()
+
+    def _steps(self, steps: int | None) -> int:
+        return self.spec.steps if steps is None else int(steps)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, ema: bool = True, batch_size: int = 64,
+               prompt: str | None = None, max_new_tokens: int | None = None, steps: int | None = None) -> Tensor:
+        """n texts of `max_new_tokens` tokens after `prompt`, denoised from all-mask: (n, max_new_tokens) ids.
+
+        The prompt and the new tokens must fit in the context (no semi-autoregressive blocks); the default
+        length is `model.max_new_tokens`, cut to what fits.
+        """
+        ids = self.encode_prompt(prompt)
+        room = self.context - len(ids)
+        new = min(self.spec.max_new_tokens, room) if max_new_tokens is None else int(max_new_tokens)
+        if new > room or new < 1:
+            raise ConfigError(f"an mdlm run generates within its context of {self.context} tokens: the prompt's "
+                              f"{len(ids)} tokens leave room for {max(room, 0)} new ones, not {new}; lower "
+                              f"--max-new-tokens or shorten --prompt")
+        ts = timesteps(self._steps(steps))
+        out = []
+        with eval_mode(self.net):
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                z = torch.tensor([ids + [self.mask_id] * new] * b, dtype=torch.long)  # (b, P + new)
+                out.append(sample_mdlm(self.denoise, z, ts, self.mask_id, generator=generator)[:, len(ids):])
+        return torch.cat(out) if out else torch.zeros((0, new), dtype=torch.long)
+
+    @torch.no_grad()
+    def infill(self, text: str, *, generator: torch.Generator | None = None, steps: int | None = None) -> dict:
+        """Fill each `[MASK:n]` span of `text` with exactly n tokens; the rest of the text stays byte-identical.
+
+        Returns:
+            {"text": the completed text, "fills": each span's text, "fill_tokens": each span's n ids,
+            "method": how it was filled}.
+        Raises:
+            DataError: a malformed span, characters outside a character vocabulary, or a text longer than the context.
+        """
+        template = InfillTemplate.parse(text)
+        tokens, given = template.encode(lambda piece: self.encode_prompt(piece, flag="--text"), self.mask_id)
+        if len(tokens) > self.context:
+            raise DataError(f"--text with its spans is {len(tokens)} tokens, longer than this model's context of "
+                            f"{self.context}; shorten the text or the spans")
+        with eval_mode(self.net):
+            filled = sample_mdlm(self.denoise, tokens[None], timesteps(self._steps(steps)), self.mask_id,
+                                 generator=generator)[0]
+        completed, fills = template.fill(filled, given, self.decode)
+        return {"text": completed, "fills": fills, "fill_tokens": template.fills(filled, given), "method": INFILL_METHOD}
+
+    def network_evaluations(self, steps: int | None = None, **_) -> int:
+        """Denoiser passes per sample: at most one per step (fewer when a step unmasks nothing: cached)."""
+        return self._steps(steps)
