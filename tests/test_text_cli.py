@@ -1,0 +1,149 @@
+"""`genlab generate` and `genlab infill` end to end, and every bad text input a user is likely to type: each is
+one `error: ...` line and exit code 2 (empty corpus, non-UTF-8 file, prompt outside a character vocabulary,
+[MASK:0], a mask longer than the context, a text run given to an image command and the reverse)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFIGS, genlab_cmd, one_thread
+from test_cli import CLICapture, assert_user_error
+from text_helpers import corpus_file, text_overrides
+from genlab.cli import main
+from genlab.data.infill import InfillTemplate
+from genlab.engine.config import load_config
+from genlab.engine.trainer import train
+
+GPT_CONFIG, MDLM_CONFIG = CONFIGS / "shakespeare-char-gpt.yaml", CONFIGS / "shakespeare-char-mdlm.yaml"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    with one_thread():
+        yield
+
+
+@pytest.fixture
+def cli(capsys, caplog) -> CLICapture:
+    return CLICapture(capsys, caplog)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return corpus_file(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def gpt_run(tmp_path_factory, corpus) -> Path:
+    cfg = load_config(GPT_CONFIG, text_overrides(corpus, "trainer.max_steps=2"))
+    return train(cfg, tmp_path_factory.mktemp("runs") / "gpt")
+
+
+@pytest.fixture(scope="module")
+def mdlm_run(tmp_path_factory, corpus) -> Path:
+    cfg = load_config(MDLM_CONFIG, text_overrides(corpus, "trainer.max_steps=2", "model.steps=4"))
+    return train(cfg, tmp_path_factory.mktemp("runs") / "mdlm")
+
+
+def run_json(capsys, *argv) -> dict:
+    assert main([str(a) for a in argv]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+# ---------------------------------------------------------------- what works
+
+
+def test_generate_continues_the_prompt_and_is_a_function_of_the_seed(gpt_run, capsys):
+    argv = ("generate", gpt_run, "--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0.8",
+            "--top-k", "50", "--top-p", "0.95", "--seed", "3", "-n", "2", "--json")
+    out = run_json(capsys, *argv)
+    assert out["family"] == "gpt" and len(out["texts"]) == 2
+    assert all(t == "ROMEO:" + c for t, c in zip(out["texts"], out["completions"]))
+    assert run_json(capsys, *argv)["completions"] == out["completions"]
+    assert main(["generate", str(gpt_run), "--prompt", "ROMEO:", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+
+
+def test_generate_works_for_mdlm(mdlm_run, capsys):
+    out = run_json(capsys, "generate", mdlm_run, "--prompt", "All:", "--max-new-tokens", "6", "--steps", "3",
+                   "--json")
+    assert out["family"] == "mdlm" and out["texts"][0].startswith("All:")
+
+
+@pytest.mark.parametrize("family", ["mdlm", "gpt"])
+def test_infill_fills_exactly_n_tokens_and_keeps_the_rest(family, gpt_run, mdlm_run, capsys):
+    run = mdlm_run if family == "mdlm" else gpt_run
+    text = "ROMEO: [MASK:4] so[MASK:2]"
+    out = run_json(capsys, "infill", run, "--text", text, "--seed", "1", "--json")
+    template = InfillTemplate.parse(text)
+    assert [len(f) for f in out["fill_tokens"]] == [4, 2]
+    assert out["text"] == template.splice(out["fills"]) and out["text"].startswith("ROMEO: ")
+    assert ("both sides" in out["method"]) == (family == "mdlm")
+    assert main(["infill", str(run), "--text", text, "--seed", "1"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == out["text"]
+
+
+# ---------------------------------------------------------------- bad inputs: one line, exit 2
+
+
+def test_bad_corpora_are_one_line_errors(tmp_path, cli):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("", encoding="utf-8")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 50)
+    for path, phrase in [(empty, "is empty"), (latin1, "not UTF-8")]:
+        fresh = tmp_path / f"run-{path.stem}"
+        assert_user_error(cli, ["train", GPT_CONFIG, f"data.name=text:{path}", "--out", fresh], phrase, str(path))
+        assert not (fresh / "config.yaml").exists()
+
+
+def test_bad_text_settings_are_one_line_errors(tmp_path, cli, corpus):
+    assert_user_error(cli, ["train", GPT_CONFIG, "data.tokenizer=word", "--out", tmp_path / "a"], "data.tokenizer")
+    assert_user_error(cli, ["train", GPT_CONFIG, f"data.name=text:{corpus}", "data.seq_len=100000",
+                            "--out", tmp_path / "b"], "data.seq_len")
+    assert_user_error(cli, ["train", GPT_CONFIG, "model.d_model=100", "model.n_heads=3", "--out", tmp_path / "c"],
+                      "n_heads")
+
+
+def test_bad_generate_inputs(gpt_run, mdlm_run, cli):
+    assert_user_error(cli, ["generate", gpt_run, "--prompt", "ROMEO: ü"], "--prompt", "'ü'", "outside",
+                      unchanged=(gpt_run,))
+    assert_user_error(cli, ["generate", gpt_run, "--steps", "4"], "--steps does not apply to the gpt family")
+    assert_user_error(cli, ["generate", gpt_run, "--top-p", "0"], "--top-p")
+    assert_user_error(cli, ["generate", gpt_run, "--max-new-tokens", "0"], "--max-new-tokens")
+    assert_user_error(cli, ["generate", mdlm_run, "--max-new-tokens", "40"], "context of 16")
+    assert_user_error(cli, ["generate", mdlm_run, "--temperature", "0.5"], "--temperature does not apply")
+
+
+def test_bad_infill_inputs(mdlm_run, cli):
+    assert_user_error(cli, ["infill", mdlm_run, "--text", "ROMEO: [MASK:0] soft"], "[MASK:0]")
+    assert_user_error(cli, ["infill", mdlm_run, "--text", "ROMEO: [MASK:40] soft"], "longer than", "context of 16")
+    assert_user_error(cli, ["infill", mdlm_run, "--text", "ROMEO: soft"], "no [MASK:n] span")
+    assert_user_error(cli, ["infill", mdlm_run, "--text", "é [MASK:2]"], "--text", "outside")
+
+
+def test_image_and_text_commands_do_not_mix(gpt_run, gauss_run, cli):
+    assert_user_error(cli, ["sample", gpt_run, "--out", gpt_run.parent / "x.png"], "text run", "genlab generate",
+                      unchanged=(gpt_run,))
+    assert_user_error(cli, ["interpolate", gpt_run], "text run", "genlab generate")
+    assert_user_error(cli, ["generate", gauss_run], "needs a text run", "genlab sample", unchanged=(gauss_run,))
+    assert_user_error(cli, ["infill", gauss_run, "--text", "a [MASK:2]"], "needs a text run")
+
+
+def test_text_errors_through_a_real_process(gpt_run):
+    proc = genlab_cmd("generate", str(gpt_run), "--prompt", "ü")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_of_the_text_commands():
+    for command, flags in {"generate": ["--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p",
+                                        "--seed", "--json", "--steps"],
+                           "infill": ["--text", "--steps", "--seed", "--json"]}.items():
+        proc = genlab_cmd(command, "--help", timeout=60)
+        assert proc.returncode == 0 and all(f in proc.stdout for f in flags), proc.stdout
+    sample_help = genlab_cmd("sample", "--help", timeout=60).stdout
+    assert "--prompt" not in sample_help and "--top-p" not in sample_help
