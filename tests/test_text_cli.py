@@ -147,3 +147,47 @@ def test_help_of_the_text_commands():
         assert proc.returncode == 0 and all(f in proc.stdout for f in flags), proc.stdout
     sample_help = genlab_cmd("sample", "--help", timeout=60).stdout
     assert "--prompt" not in sample_help and "--top-p" not in sample_help
+
+
+# ---------------------------------------------------------------- genlab eval on text runs
+
+
+def test_uniform_model_scores_the_vocabulary_size(gpt_run):
+    """Every logit 0: loss log V per token, perplexity V, and (one file, char tokenizer) bits/char = log2 V
+    (to float32 rounding of the cross-entropy)."""
+    import math
+
+    import torch
+
+    from genlab.data import load_dataset
+    from genlab.engine.runs import load_run_model
+    from genlab.engine.text_eval import text_scores
+
+    model = load_run_model(gpt_run)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.zero_()
+    val = load_dataset(load_config(gpt_run / "config.yaml").data, "test", tokenizer=model.tokenizer)
+    scores = text_scores(model, val)
+    V = model.info.vocab_size
+    assert math.isclose(scores["perplexity"], V, rel_tol=1e-6)
+    assert math.isclose(scores["loss_per_token"], math.log(V), rel_tol=1e-6)
+    assert math.isclose(scores["bits_per_char"], math.log2(V), rel_tol=1e-6) and scores["unit"] == "bits/char"
+    assert scores["tokens_scored"] + scores["tokens_unscored"] == scores["val_tokens"] == scores["val_chars"]
+    assert 0 <= scores["tokens_unscored"] <= 16 and not scores["bound"]
+
+
+def test_eval_reports_the_validation_loss_exact_or_bound(gpt_run, mdlm_run, capsys):
+    gpt = run_json(capsys, "eval", gpt_run, "--json")
+    mdlm = run_json(capsys, "eval", mdlm_run, "--json")
+    assert gpt["bound"] is False and mdlm["bound"] is True and mdlm["draws"] >= 1
+    for result in (gpt, mdlm):
+        assert result["split"] == "val" and result["loss_per_token"] > 0 and result["bits_per_char"] > 0
+    assert main(["eval", str(mdlm_run)]) == 0
+    printed = capsys.readouterr().out
+    assert "upper bound" in printed and "<= " in printed
+    assert (mdlm_run / "eval.csv").is_file()
+
+
+def test_eval_of_a_text_run_refuses_samples(gpt_run, tmp_path, cli):
+    assert_user_error(cli, ["eval", gpt_run, "--samples", tmp_path / "x.npz"], "validation split", "--samples")

@@ -1,4 +1,4 @@
-"""`genlab eval`: score a run's samples (or a file of samples) against held-out data.
+"""`genlab eval`: score a run's samples (or a file of samples) against held-out data; a text run's validation loss.
 
     genlab eval RUN_DIR [--n 2000] [--sampler NAME --steps K] [--seed S] [--json]
     genlab eval RUN_DIR --samples FILE.npz [--json]        # given samples, the run's data
@@ -64,9 +64,24 @@ def run(args) -> int:
                       nll_n=args.nll_n)
     if args.json:
         print(json.dumps(_jsonable(result), sort_keys=False))
+    elif "loss_per_token" in result:
+        print_text_result(result)
     else:
         print_table(result)
     return 0
+
+
+def print_text_result(result: dict, file=None) -> None:
+    """Print a text run's validation loss, labelled as a bound where it is one."""
+    out = file or sys.stdout
+    kind = "an upper bound (ELBO)" if result["bound"] else "exact"
+    print(f"{result['family']} on {result['dataset']} (validation split, {result['tokens_scored']} tokens scored, "
+          f"{result['tokenizer']} tokenizer): {kind}", file=out)
+    prefix = "<= " if result["bound"] else ""
+    for name in ("loss_per_token", "bits_per_token", "bits_per_char", "perplexity"):
+        print(f"  {name:15s} {prefix}{_fmt(result[name])}", file=out)
+    if result.get("eval_csv"):
+        print(f"appended to {result['eval_csv']}", file=out)
 
 
 def _jsonable(obj):

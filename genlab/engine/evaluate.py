@@ -23,6 +23,7 @@ from genlab.data import DataSpec, load_dataset
 from genlab.data.toys import TOYS
 from genlab.engine.memory import check_sample_memory
 from genlab.engine.runs import SAMPLES, load_run_model, read_run
+from genlab.engine.text_eval import evaluate_text_run
 from genlab.errors import ConfigError, DataError
 from genlab.eval import toy as T
 from genlab.eval.features import check_features_mode
@@ -257,6 +258,13 @@ def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, s
         raise ConfigError("--sampler/--steps draw new samples from a run; drop them when giving --samples FILE.npz")
     if run:  # eval.csv and samples/eval-*.png are written into the run folder
         check_run_links(run)
+    if run and read_run(Path(run))[1].modality == "tokens":  # a language model: its validation loss
+        if samples_file or sampler or steps:
+            raise ConfigError("a text run is scored by its loss on the validation split; drop --samples, --sampler "
+                              "and --steps")
+        result = evaluate_text_run(run, seed=seed)
+        result["eval_csv"] = str(append_metrics_csv(run, result))
+        return result
     check_features_mode(features)
     common = {"n_real": n_real, "seed": seed, "features": features}
     if samples_file:
