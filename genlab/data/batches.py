@@ -12,7 +12,7 @@ or 2 devices x 4, up to floating-point summation order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,13 +40,18 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 1, epoch)))
 
 
-def step_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    """Dataset indices of the global batch of optimiser step `step`: (batch_size,) int64."""
+def step_indices(n: int, batch_size: int, seed: int, step: int,
+                 permutation: Callable[[int, int, int], Tensor] = epoch_permutation) -> torch.Tensor:
+    """Dataset indices of the global batch of optimiser step `step`: (batch_size,) int64.
+
+    Args:
+        permutation: `epoch_permutation`, or a memo of it (StepBatches keeps the current epoch's).
+    """
     start, stop = step * batch_size, (step + 1) * batch_size
     parts = []
     for epoch in range(start // n, (stop - 1) // n + 1):
         lo, hi = max(start, epoch * n) - epoch * n, min(stop, (epoch + 1) * n) - epoch * n
-        parts.append(epoch_permutation(n, seed, epoch)[lo:hi])
+        parts.append(permutation(n, seed, epoch)[lo:hi])
     return torch.cat(parts)
 
 
@@ -117,10 +122,19 @@ class StepBatches(IterableDataset):
             )
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.start_step, self.rank, self.world_size, self.accumulate = start_step, rank, world_size, accumulate
+        self._perms: dict[int, Tensor] = {}  # memo of the last epochs' permutations (a million windows: 8 ms each)
+
+    def permutation(self, n: int, seed: int, epoch: int) -> Tensor:
+        """`epoch_permutation(n, seed, epoch)`, drawn once per epoch (the two latest are kept)."""
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                del self._perms[min(self._perms)]
+            self._perms[epoch] = epoch_permutation(n, seed, epoch)
+        return self._perms[epoch]
 
     def batch(self, step: int, micro: int = 0) -> Batch:
         """The micro-batch `micro` of this rank at optimiser step `step`."""
-        idx = step_indices(len(self.data), self.batch_size, self.seed, step)
+        idx = step_indices(len(self.data), self.batch_size, self.seed, step, self.permutation)
         per_rank = self.batch_size // self.world_size
         per_micro = per_rank // self.accumulate
         lo = self.rank * per_rank + micro * per_micro
