@@ -112,13 +112,33 @@ def test_infill_refuses_bad_templates(model):
         model.infill("é [MASK:2]")
 
 
-def test_generation_continues_the_prompt_within_the_context(model):
+def test_generation_continues_the_prompt(model):
     g = torch.Generator().manual_seed(0)
     new = model.sample(3, generator=g, prompt="ROMEO:", max_new_tokens=10)
     assert new.shape == (3, 10) and not bool((new == model.mask_id).any())
-    assert model.sample(2, generator=g).shape == (2, 8)  # the default length, cut to the context
-    with pytest.raises(ConfigError, match="context of 16"):
-        model.sample(1, prompt="ROMEO:", max_new_tokens=11)
+    assert model.sample(2, generator=g).shape == (2, 8)  # the run's default length
+
+
+@pytest.mark.parametrize("prompt_len,new", [(0, 16), (6, 10), (0, 40), (6, 40), (30, 5)])
+def test_semi_autoregressive_blocks_cover_the_new_tokens_within_the_context(model, prompt_len, new):
+    blocks = model.blocks(prompt_len, new)
+    assert sum(b for _, b in blocks) == new and all(kept + b <= 16 and b >= 1 for kept, b in blocks)
+    if prompt_len + new <= 16:
+        assert blocks == [(prompt_len, new)]  # everything fits: one pass on the whole prompt
+    have = prompt_len
+    for kept, b in blocks:
+        assert kept <= have
+        have += b
+
+
+def test_generation_longer_than_the_context(model):
+    g = torch.Generator().manual_seed(0)
+    long = model.sample(2, generator=g, prompt="All:", max_new_tokens=40, steps=3)
+    assert long.shape == (2, 40) and not bool((long == model.mask_id).any())
+    again = model.sample(2, generator=torch.Generator().manual_seed(0), prompt="All:", max_new_tokens=40, steps=3)
+    assert torch.equal(again, long)  # a function of the seed
+    with pytest.raises(ConfigError, match="max-new-tokens"):
+        model.sample(1, max_new_tokens=0)
 
 
 def test_likelihood_is_a_bound_near_log_v_for_an_untrained_denoiser(model):

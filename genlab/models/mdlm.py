@@ -117,24 +117,41 @@ class MDLMModel(TextModule):
                prompt: str | None = None, max_new_tokens: int | None = None, steps: int | None = None) -> Tensor:
         """n texts of `max_new_tokens` tokens after `prompt`, denoised from all-mask: (n, max_new_tokens) ids.
 
-        The prompt and the new tokens must fit in the context (no semi-autoregressive blocks); the default
-        length is `model.max_new_tokens`, cut to what fits.
+        When the prompt and the new tokens fit in the context, one denoising pass fills them all,
+        conditioned on the whole prompt. Otherwise generation is semi-autoregressive (Sahoo et al. 2024,
+        Sec. 4; after SSD-LM): block after block, each denoised from all-mask after the last
+        `seq_len // 2` tokens so far (`blocks`).
         """
         ids = self.encode_prompt(prompt)
-        room = self.context - len(ids)
-        new = min(self.spec.max_new_tokens, room) if max_new_tokens is None else int(max_new_tokens)
-        if new > room or new < 1:
-            raise ConfigError(f"an mdlm run generates within its context of {self.context} tokens: the prompt's "
-                              f"{len(ids)} tokens leave room for {max(room, 0)} new ones, not {new}; lower "
-                              f"--max-new-tokens or shorten --prompt")
+        new = self.spec.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        if new < 1:
+            raise ConfigError(f"--max-new-tokens must be positive, got {new}")
         ts = timesteps(self._steps(steps))
         out = []
         with eval_mode(self.net):
             for start in range(0, n, batch_size):
-                b = min(batch_size, n - start)
-                z = torch.tensor([ids + [self.mask_id] * new] * b, dtype=torch.long)  # (b, P + new)
-                out.append(sample_mdlm(self.denoise, z, ts, self.mask_id, generator=generator)[:, len(ids):])
+                seq = torch.tensor(ids, dtype=torch.long).repeat(min(batch_size, n - start), 1)  # (b, P)
+                for kept, block in self.blocks(len(ids), new):
+                    z = torch.cat([seq[:, seq.shape[1] - kept:],
+                                   torch.full((len(seq), block), self.mask_id, dtype=torch.long)], dim=1)
+                    filled = sample_mdlm(self.denoise, z, ts, self.mask_id, generator=generator)  # (b, kept + block)
+                    seq = torch.cat([seq, filled[:, kept:]], dim=1)
+                out.append(seq[:, len(ids):])
         return torch.cat(out) if out else torch.zeros((0, new), dtype=torch.long)
+
+    def blocks(self, prompt_len: int, new: int) -> list[tuple[int, int]]:
+        """The (context tokens kept, new tokens) of each denoising pass generating `new` tokens after a prompt.
+
+        One pass when everything fits in the context; otherwise each pass keeps the last `seq_len // 2`
+        tokens so far (fewer at the start) and fills the rest of the context.
+        """
+        out, have = [], prompt_len
+        while new > 0:
+            kept = have if have + new <= self.context else min(have, self.context // 2)
+            block = min(new, self.context - kept)
+            out.append((kept, block))
+            have, new = have + block, new - block
+        return out
 
     @torch.no_grad()
     def infill(self, text: str, *, generator: torch.Generator | None = None, steps: int | None = None) -> dict:
@@ -157,6 +174,7 @@ class MDLMModel(TextModule):
         completed, fills = template.fill(filled, given, self.decode)
         return {"text": completed, "fills": fills, "fill_tokens": template.fills(filled, given), "method": INFILL_METHOD}
 
-    def network_evaluations(self, steps: int | None = None, **_) -> int:
-        """Denoiser passes per sample: at most one per step (fewer when a step unmasks nothing: cached)."""
-        return self._steps(steps)
+    def network_evaluations(self, steps: int | None = None, max_new_tokens: int | None = None, **_) -> int:
+        """Denoiser passes per sample: at most one per step and block (fewer when a step unmasks nothing: cached)."""
+        new = self.spec.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+        return self._steps(steps) * len(self.blocks(0, new))
