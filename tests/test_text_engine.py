@@ -185,3 +185,12 @@ def test_gpt_on_image_data_is_a_config_error(tmp_path):
     cfg = tiny_config(GAUSS_CONFIG, "family=gpt", "model={}", "trainer.max_steps=1")
     with pytest.raises(ConfigError, match="needs text data"):
         train(cfg, tmp_path / "run")
+
+
+def test_periodic_eval_of_a_text_run_logs_the_validation_loss(corpus, tmp_path):
+    out = train(gpt_config(corpus, "trainer.max_steps=4", "eval.every=2"), tmp_path / "run")
+    with open(out / "eval.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["2", "4"]
+    assert all(float(r["loss_per_token"]) > 0 and r["bound"] == "False" for r in rows)
+    assert abs(float(rows[-1]["bits_per_char"]) * math.log(2) - float(rows[-1]["loss_per_token"])) < 1e-9

@@ -21,7 +21,9 @@ from genlab.data.batches import mix_seed
 from genlab.engine.checkpoint import checkpoint_name, prune_checkpoints
 from genlab.engine.config import RunConfig
 from genlab.engine.evaluate import append_metrics_csv, drop_training_rows_after
+from genlab.data import load_dataset
 from genlab.engine.nonfinite import NonFiniteGuard, training_tensors
+from genlab.engine.text_eval import TEXT_METRICS, text_scores
 from genlab.eval.scores import IMAGE_METRICS, POINT_METRICS, evaluate_samples
 from genlab.models.base import all_finite
 
@@ -128,8 +130,8 @@ class SampleGrid(Callback):
 
 
 class PeriodicEval(Callback):
-    """Score EMA samples with `genlab eval`'s metrics every N steps and/or every S seconds of training;
-    log them and append to eval.csv with the training seconds so far (`train_seconds`).
+    """Score EMA samples with `genlab eval`'s metrics every N steps and/or every S seconds of training (a text
+    run: its validation loss); log them and append to eval.csv with the training seconds so far (`train_seconds`).
 
     The evaluation itself is off the training clock; `every_seconds` is decided on every rank
     alike (`reduce_boolean_decision`) so DDP ranks stay in step.
@@ -140,6 +142,7 @@ class PeriodicEval(Callback):
         self.clock = clock or TrainingClock()
         self.last = -1
         self.next_due = cfg.eval.every_seconds  # training seconds of the next timed evaluation
+        self.val = None  # a text run's validation split, loaded at its first evaluation
 
     def due(self, trainer: pl.Trainer, step: int) -> bool:
         """Whether this optimiser step ends an evaluation interval (of steps or of training seconds)."""
@@ -163,12 +166,25 @@ class PeriodicEval(Callback):
             return
         seconds = self.clock.total()
         with self.clock.paused():
-            g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 4, step))
-            result = evaluate_samples(pl_module.sample(self.cfg.eval.n, generator=g), self.cfg.data, seed=self.cfg.seed)
-            metrics = {f"eval/{k}": result[k] for k in (*IMAGE_METRICS, *POINT_METRICS) if k in result}
+            if pl_module.info.modality == "tokens":  # a language model: its validation loss
+                result = self.text_result(pl_module)
+                metrics = {f"eval/{k}": result[k] for k in TEXT_METRICS}
+            else:
+                g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 4, step))
+                result = evaluate_samples(pl_module.sample(self.cfg.eval.n, generator=g), self.cfg.data,
+                                          seed=self.cfg.seed)
+                metrics = {f"eval/{k}": result[k] for k in (*IMAGE_METRICS, *POINT_METRICS) if k in result}
             for lg in trainer.loggers:
                 lg.log_metrics(metrics, step=step)
             append_metrics_csv(self.run_dir, {"step": step, "train_seconds": seconds, **result})
+
+
+    def text_result(self, pl_module) -> dict:
+        """The validation loss of a text model (genlab/engine/text_eval.py), its split tokenized once."""
+        if self.val is None:
+            self.val = load_dataset(self.cfg.data, "test", tokenizer=pl_module.tokenizer)
+        scores = text_scores(pl_module, self.val, seed=self.cfg.seed)
+        return {k: scores[k] for k in (*TEXT_METRICS, "bound")}
 
 
 class TrainingClock:

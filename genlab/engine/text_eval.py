@@ -20,6 +20,9 @@ from genlab.data import load_dataset
 from genlab.data.tokens import TextData
 from genlab.engine.runs import load_run_model, read_run
 
+#: the numbers of a text evaluation that are logged during training (eval/<name>)
+TEXT_METRICS = ("loss_per_token", "bits_per_char", "perplexity")
+
 
 def text_scores(model, val: TextData, *, seed: int = 0, draws: int | None = None, batch_size: int = 64) -> dict:
     """The validation loss of a text model on a split (see the module docstring).
