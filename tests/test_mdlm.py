@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import CONFIGS, one_thread
 from text_helpers import corpus_file, text_overrides
+
 from genlab.data import load_dataset
 from genlab.data.batches import StepBatches
 from genlab.data.infill import InfillTemplate

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import CONFIGS, genlab_cmd, one_thread
 from test_cli import CLICapture, assert_user_error
 from text_helpers import corpus_file, text_overrides
+
 from genlab.cli import main
 from genlab.data.infill import InfillTemplate
 from genlab.engine.config import load_config
@@ -190,3 +190,54 @@ def test_eval_reports_the_validation_loss_exact_or_bound(gpt_run, mdlm_run, caps
 
 def test_eval_of_a_text_run_refuses_samples(gpt_run, tmp_path, cli):
     assert_user_error(cli, ["eval", gpt_run, "--samples", tmp_path / "x.npz"], "validation split", "--samples")
+
+
+def test_infill_scores_count_exact_spans(gpt_run):
+    """The scoring against closed forms: an oracle that restores the truth scores 1, one that writes a token the
+    windows never hold scores 0; a real model's fills leave the given tokens alone."""
+    import torch
+
+    from genlab.data import load_dataset
+    from genlab.engine.runs import load_run_model
+    from genlab.engine.text_eval import infill_scores
+
+    model = load_run_model(gpt_run)
+    val = load_dataset(load_config(gpt_run / "config.yaml").data, "test", tokenizer=model.tokenizer)
+    truth = val.windows.chunks()[:, 1:]
+
+    class Stub:
+        """Fills with the truth (an oracle that finds each window by its given tokens) or leaves the masks."""
+
+        def __init__(self, oracle: bool) -> None:
+            self.INFILL_METHOD, self.mask_id, self.oracle, self.seen = "stub", model.mask_id, oracle, []
+
+        def fill_spans(self, tokens, given, generator=None):
+            self.seen.append(given)
+            assert not bool((tokens[:, given] == model.mask_id).any())
+            assert bool((tokens[:, ~given] == model.mask_id).all())  # the span is hidden from the model
+            if not self.oracle:
+                return tokens
+            return torch.stack([truth[(truth[:, given] == t[given]).all(1)][0] for t in tokens])
+
+    for oracle, want in [(True, 1.0), (False, 0.0)]:
+        stub = Stub(oracle)
+        scores = infill_scores(stub, val, n=8, spans=(1, 4))
+        assert scores["infill_n"] == 8 and set(scores["infill"]) == {"1", "4"}
+        assert all(s["exact_match"] == s["token_accuracy"] == want for s in scores["infill"].values())
+        assert [int((~g).sum()) for g in stub.seen] == [1, 4]
+    rows = truth[:4]
+    given = torch.ones(16, dtype=torch.bool)
+    given[6:10] = False
+    filled = model.fill_spans(rows.masked_fill(~given, model.mask_id), given, generator=torch.Generator())
+    assert torch.equal(filled[:, given], rows[:, given]) and not bool((filled == model.mask_id).any())
+
+
+def test_eval_reports_infill_accuracy_for_both_families(gpt_run, mdlm_run, capsys):
+    for run, both_sides in [(gpt_run, False), (mdlm_run, True)]:
+        out = run_json(capsys, "eval", run, "--infill-n", "4", "--json")
+        assert out["infill_n"] == 4 and set(out["infill"]) == {"1", "4"}  # 16 is not shorter than the context
+        # a span reproduced exactly has all its tokens right: exact match <= token accuracy (span 1: equal)
+        assert all(0 <= s["exact_match"] <= s["token_accuracy"] <= 1 for s in out["infill"].values())
+        assert out["infill"]["1"]["exact_match"] == out["infill"]["1"]["token_accuracy"]
+        assert ("both sides" in out["infill_method"]) == both_sides
+    assert "infill" not in run_json(capsys, "eval", gpt_run, "--infill-n", "0", "--json")

@@ -50,6 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--nll-n", type=nonneg_int, default=100,
                    help="held-out examples whose likelihood (bits/dim) is measured where the family defines one "
                         "(default 100; 0 skips it)")
+    p.add_argument("--infill-n", type=nonneg_int, default=64,
+                   help="text runs: held-out windows per span length whose masked middle span is filled (exact match, "
+                        "token accuracy; default 64; 0 skips it)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -61,7 +64,7 @@ def run(args) -> int:
 
     result = evaluate(args.run, real=args.real, samples_file=args.samples, n=args.n, sampler=args.sampler,
                       steps=args.steps, seed=args.seed, features=args.features, n_real=args.n_real,
-                      nll_n=args.nll_n)
+                      nll_n=args.nll_n, infill_n=args.infill_n)
     if args.json:
         print(json.dumps(_jsonable(result), sort_keys=False))
     elif "loss_per_token" in result:
@@ -80,6 +83,12 @@ def print_text_result(result: dict, file=None) -> None:
     prefix = "<= " if result["bound"] else ""
     for name in ("loss_per_token", "bits_per_token", "bits_per_char", "perplexity"):
         print(f"  {name:15s} {prefix}{_fmt(result[name])}", file=out)
+    if result.get("infill"):
+        print(f"infill of a span in the middle of {result['infill_n']} held-out windows ({result['infill_method']}):",
+              file=out)
+        for span, s in result["infill"].items():
+            print(f"  {span:>3s} tokens: exact match {s['exact_match']:.3f}, token accuracy {s['token_accuracy']:.3f}",
+                  file=out)
     if result.get("eval_csv"):
         print(f"appended to {result['eval_csv']}", file=out)
 

@@ -240,9 +240,11 @@ def spec_for_samples(name: str, samples):
 
 def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, samples_file=None, n: int = 2000,
              sampler: str | None = None, steps: int | None = None, seed: int = 0, features: str = "auto",
-             n_real: int | None = None, nll_n: int = 100) -> dict:
+             n_real: int | None = None, nll_n: int = 100, infill_n: int = 64) -> dict:
     """`genlab eval`: score a run (samples drawn now, or given in `samples_file`) or a file of samples
-    against dataset `real`; a run's result is appended to its eval.csv (key "eval_csv").
+    against dataset `real`; a run's result is appended to its eval.csv (key "eval_csv"). A text run is
+    scored by its validation loss and, on `infill_n` held-out windows, its infill accuracy
+    (genlab/engine/text_eval.py).
 
     Raises:
         ConfigError: contradictory or incomplete arguments, or an unknown `features` choice.
@@ -262,7 +264,7 @@ def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, s
         if samples_file or sampler or steps:
             raise ConfigError("a text run is scored by its loss on the validation split; drop --samples, --sampler "
                               "and --steps")
-        result = evaluate_text_run(run, seed=seed)
+        result = evaluate_text_run(run, seed=seed, infill_n=infill_n)
         result["eval_csv"] = str(append_metrics_csv(run, result))
         return result
     check_features_mode(features)

@@ -16,7 +16,6 @@ from torch import Tensor
 
 from genlab.data.base import DataInfo
 from genlab.data.batches import Batch
-from genlab.data.infill import InfillTemplate
 from genlab.errors import ConfigError
 from genlab.lm import generate, next_token_loss, next_token_nll
 from genlab.models.base import eval_mode
@@ -25,16 +24,14 @@ from genlab.models.specs import gpt as specs_gpt
 from genlab.models.text import TextModule, build_transformer
 
 
-#: how `infill` fills spans, as reported beside its result
-INFILL_METHOD = "gpt baseline: left to right, each span sampled from the text before it (the text after it is unseen)"
-
-
 class GPTModel(TextModule):
     """Autoregressive language model: `training_step` minimises next-token cross-entropy; `sample` decodes."""
 
     FAMILY = "gpt"
     SAMPLE_OPTIONS = specs_gpt.SAMPLE_OPTIONS
     LIKELIHOOD = "exact -log2 p(x_t | x_<t) per predicted token (bits/char with a character tokenizer)"
+    INFILL_METHOD = ("gpt baseline: left to right, each span sampled (the run's temperature, top-k, top-p) from the "
+                     "text before it; the text after it is unseen")
 
     def __init__(self, spec: GPTSpec, info: DataInfo, optim) -> None:
         super().__init__(build_transformer(spec, info, causal=True), info, optim, spec)
@@ -104,31 +101,34 @@ class GPTModel(TextModule):
         return torch.cat(out) if out else torch.zeros((0, o["max_new_tokens"]), dtype=torch.long)
 
     @torch.no_grad()
-    def infill(self, text: str, *, generator: torch.Generator | None = None) -> dict:
-        """The baseline a user would try: fill each `[MASK:n]` span left to right with n sampled tokens.
+    def fill_spans(self, tokens: Tensor, given: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """The baseline a user would try: fill the non-given positions left to right by sampling.
 
-        Each span is generated from everything before it (the literal text and the earlier fills), at the
-        run's temperature, top-k and top-p; the text after a span is *not* seen. Literal text stays
-        byte-identical (the spans' tokens are decoded alone and spliced in).
+        Each run of non-given positions is generated from everything before it (given tokens and earlier
+        fills), at the run's temperature, top-k and top-p; what comes after a span is *not* seen.
 
+        Args:
+            tokens: (B, L) int64; given: (L,) bool, True where the token is given (shared by the rows).
         Returns:
-            {"text", "fills", "fill_tokens", "method"} as MDLMModel.infill.
+            (B, L) int64, given positions unchanged.
         """
-        template = InfillTemplate.parse(text)
         o = self.resolve_options()
-        ids, fill_tokens = [], []
+        seq = tokens.clone().to(self.device)
+        pos, L = 0, len(given)
         with eval_mode(self.net):
-            for i, n in enumerate(template.spans):
-                ids += self.encode_prompt(template.pieces[i], flag="--text")
-                prefix = torch.tensor([ids or [self.eot_id]], dtype=torch.long, device=self.device)
-                new = generate(self.net, prefix, n, context=self.context, generator=generator,
-                               temperature=o["temperature"], top_k=o["top_k"], top_p=o["top_p"],
-                               banned=(self.mask_id,))[0].tolist()
-                ids += new
-                fill_tokens.append(new)
-        self.encode_prompt(template.pieces[-1], flag="--text")  # the same check on the last piece
-        fills = [self.decode(f) for f in fill_tokens]
-        return {"text": template.splice(fills), "fills": fills, "fill_tokens": fill_tokens, "method": INFILL_METHOD}
+            while pos < L:
+                if given[pos]:
+                    pos += 1
+                    continue
+                end = pos
+                while end < L and not given[end]:
+                    end += 1
+                prefix = seq[:, :pos] if pos else torch.full((len(seq), 1), self.eot_id, device=self.device)
+                seq[:, pos:end] = generate(self.net, prefix, end - pos, context=self.context, generator=generator,
+                                           temperature=o["temperature"], top_k=o["top_k"], top_p=o["top_p"],
+                                           banned=(self.mask_id,))
+                pos = end
+        return seq.cpu()
 
     def network_evaluations(self, max_new_tokens: int | None = None, **_) -> int:
         """Network passes per sample: one per generated token (each reads one token through the cache)."""

@@ -21,16 +21,18 @@ from torch import Tensor
 
 from genlab.data.base import DataInfo
 from genlab.data.batches import Batch
-from genlab.data.infill import InfillTemplate
-from genlab.diffusion.discrete import mdlm_loss, q_mask, sample_mdlm, sample_times, timesteps
+from genlab.diffusion.discrete import (
+    mdlm_loss,
+    q_mask,
+    sample_mdlm,
+    sample_times,
+    timesteps,
+)
 from genlab.errors import ConfigError, DataError
 from genlab.models.base import eval_mode
 from genlab.models.specs import MDLMSpec
 from genlab.models.specs import mdlm as specs_mdlm
 from genlab.models.text import TextModule, build_transformer
-
-#: how `infill` fills spans, as reported beside its result
-INFILL_METHOD = "mdlm: ancestral denoising of the spans, conditioned on the text on both sides"
 
 
 class MDLMModel(TextModule):
@@ -41,6 +43,7 @@ class MDLMModel(TextModule):
     LIKELIHOOD = ("an upper bound: the continuous-time NELBO of MDLM in bits per token (bits/char with a character "
                   "tokenizer), a Monte-Carlo estimate over times t in [eps, 1)")
     LIKELIHOOD_IS_BOUND = True
+    INFILL_METHOD = "mdlm: ancestral denoising of the spans, conditioned on the text on both sides"
 
     def __init__(self, spec: MDLMSpec, info: DataInfo, optim) -> None:
         super().__init__(build_transformer(spec, info, causal=False), info, optim, spec)
@@ -153,26 +156,27 @@ class MDLMModel(TextModule):
             have, new = have + block, new - block
         return out
 
-    @torch.no_grad()
-    def infill(self, text: str, *, generator: torch.Generator | None = None, steps: int | None = None) -> dict:
-        """Fill each `[MASK:n]` span of `text` with exactly n tokens; the rest of the text stays byte-identical.
-
-        Returns:
-            {"text": the completed text, "fills": each span's text, "fill_tokens": each span's n ids,
-            "method": how it was filled}.
-        Raises:
-            DataError: a malformed span, characters outside a character vocabulary, or a text longer than the context.
-        """
-        template = InfillTemplate.parse(text)
-        tokens, given = template.encode(lambda piece: self.encode_prompt(piece, flag="--text"), self.mask_id)
-        if len(tokens) > self.context:
-            raise DataError(f"--text with its spans is {len(tokens)} tokens, longer than this model's context of "
+    def check_infill_length(self, length: int) -> None:
+        """A template must fit in the context (the denoiser reads it whole)."""
+        if length > self.context:
+            raise DataError(f"--text with its spans is {length} tokens, longer than this model's context of "
                             f"{self.context}; shorten the text or the spans")
+
+    @torch.no_grad()
+    def fill_spans(self, tokens: Tensor, given: Tensor, *, generator: torch.Generator | None = None,
+                   steps: int | None = None) -> Tensor:
+        """Fill the non-given positions by ancestral denoising, conditioned on every given token (both sides).
+
+        Args:
+            tokens: (B, L) int64, L <= seq_len; given: (L,) bool, True where the token is given.
+            steps: denoising steps (default: the run's).
+        Returns:
+            (B, L) int64, given positions unchanged.
+        """
+        self.check_infill_length(tokens.shape[1])
+        z = torch.where(given.to(tokens.device), tokens, torch.full_like(tokens, self.mask_id)).cpu()
         with eval_mode(self.net):
-            filled = sample_mdlm(self.denoise, tokens[None], timesteps(self._steps(steps)), self.mask_id,
-                                 generator=generator)[0]
-        completed, fills = template.fill(filled, given, self.decode)
-        return {"text": completed, "fills": fills, "fill_tokens": template.fills(filled, given), "method": INFILL_METHOD}
+            return sample_mdlm(self.denoise, z, timesteps(self._steps(steps)), self.mask_id, generator=generator)
 
     def network_evaluations(self, steps: int | None = None, max_new_tokens: int | None = None, **_) -> int:
         """Denoiser passes per sample: at most one per step and block (fewer when a step unmasks nothing: cached)."""

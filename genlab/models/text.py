@@ -11,6 +11,7 @@ from torch import Tensor
 
 from genlab.data.base import DataInfo
 from genlab.data.batches import Batch, mix_seed
+from genlab.data.infill import InfillTemplate
 from genlab.data.tokenizer import EOT, MASK, TextTokenizer
 from genlab.errors import ConfigError, DataError
 from genlab.models.base import GenerativeModule, ParamGroup
@@ -76,6 +77,35 @@ class TextModule(GenerativeModule):
     def decode(self, ids) -> str:
         """The text of token ids (a special id appears as its name)."""
         return self._need_tokenizer().decode([int(i) for i in ids])
+
+    #: how `fill_spans` fills, as reported beside an infill result
+    INFILL_METHOD = "?"
+
+    def check_infill_length(self, length: int) -> None:
+        """Refuse a template the family cannot read whole (a bidirectional denoiser's context); default: any."""
+
+    def fill_spans(self, tokens: Tensor, given: Tensor, *, generator: torch.Generator | None = None,
+                   **options) -> Tensor:
+        """Fill the positions where `given` (L,) is False in each row of `tokens` (B, L): (B, L) int64."""
+        raise NotImplementedError
+
+    def infill(self, text: str, *, generator: torch.Generator | None = None, **options) -> dict:
+        """Fill each `[MASK:n]` span of `text` with exactly n tokens (`fill_spans`); other characters stay byte-identical.
+
+        Returns:
+            {"text": the completed text, "fills": each span's text, "fill_tokens": each span's n ids,
+            "method": how it was filled}.
+        Raises:
+            DataError: a malformed span ([MASK:0]), none, characters outside a character vocabulary, or
+                (mdlm) a text longer than the context.
+        """
+        template = InfillTemplate.parse(text)
+        tokens, given = template.encode(lambda piece: self.encode_prompt(piece, flag="--text"), self.mask_id)
+        self.check_infill_length(len(tokens))
+        filled = self.fill_spans(tokens[None], given, generator=generator, **options)[0]
+        completed, fills = template.fill(filled, given, self.decode)
+        return {"text": completed, "fills": fills, "fill_tokens": template.fills(filled, given),
+                "method": self.INFILL_METHOD}
 
     def preview(self, samples: Tensor, stem: Path) -> Path:
         """Write generated token sequences (n, L) as text, one after another, to `stem`.txt."""
