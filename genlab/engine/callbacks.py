@@ -273,7 +273,7 @@ class StopConditions(Callback):
 
 
 class StepProgress(Callback):
-    """A progress bar over optimiser steps: step, loss, it/s and ETA (tqdm)."""
+    """A progress bar over optimiser steps: step, loss, it/s (text: tokens/s) and ETA (tqdm)."""
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.bar = None
@@ -287,6 +287,9 @@ class StepProgress(Callback):
             if trainer.global_step % 10 == 0:  # the family's headline losses (the GAN's: D and G)
                 shown = {key.removeprefix("train/"): f"{float(trainer.callback_metrics[key]):.4f}"
                          for key in pl_module.PROGRESS_METRICS if key in trainer.callback_metrics}
+                rate = self.bar.format_dict.get("rate")  # steps/s, smoothed
+                if pl_module.info.modality == "tokens" and rate:  # a language model: tokens of the global batch
+                    shown["tok/s"] = f"{rate * batch.global_batch * batch.x.shape[1]:,.0f}"
                 if shown:
                     self.bar.set_postfix(shown, refresh=False)
 
