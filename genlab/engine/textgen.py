@@ -25,7 +25,8 @@ def generate_text(run_dir: Path, *, n: int = 1, seed: int = 0, **options) -> dic
             None means the run's default.
 
     Returns:
-        {"run", "family", "prompt", "seed", "options", "completions", "texts", "new_tokens", "seconds"}:
+        {"run", "family", "prompt", "seed", "options", "completions", "texts", "new_tokens", "seconds",
+        "tokens_per_second"}:
         `texts[i]` is the prompt followed by `completions[i]`.
 
     Raises:
@@ -41,7 +42,8 @@ def generate_text(run_dir: Path, *, n: int = 1, seed: int = 0, **options) -> dic
     completions = [model.decode(row) for row in tokens]
     return {"run": str(run_dir), "family": model.FAMILY, "prompt": prompt, "seed": seed, "options": opts,
             "completions": completions, "texts": [prompt + c for c in completions],
-            "new_tokens": int(tokens.shape[1]), "seconds": round(seconds, 3)}
+            "new_tokens": int(tokens.shape[1]), "seconds": round(seconds, 3),
+            "tokens_per_second": round(tokens.numel() / seconds, 1) if seconds > 0 else None}
 
 
 def infill_text(run_dir: Path, text: str, *, steps: int | None = None, seed: int = 0) -> dict:

@@ -27,11 +27,12 @@ def build_transformer(spec: TransformerFields, info: DataInfo, *, causal: bool) 
     """The transformer of a text run: vocabulary and context from the data, the rest from the spec.
 
     Raises:
-        ConfigError: the data are not token sequences.
+        ConfigError: the data are not a text corpus's token sequences.
     """
-    if info.modality != "tokens":
-        raise ConfigError(f"a language model needs text data, but the data are {info.modality}s {tuple(info.shape)}; "
-                          f"use data.name=pydocs or data.name=text:PATH")
+    if info.modality != "tokens" or info.corpus is None:
+        raise ConfigError(f"a language model needs text data, but the data are {info.modality}s {tuple(info.shape)}"
+                          f"{'' if info.modality != 'tokens' else ' without a corpus'}; use data.name=pydocs or "
+                          f"data.name=text:PATH")
     cfg = TransformerConfig(
         vocab_size=info.vocab_size, max_seq_len=info.shape[0], d_model=spec.d_model, n_layers=spec.n_layers,
         n_heads=spec.n_heads, mlp_ratio=spec.mlp_ratio, causal=causal, norm=spec.norm, mlp=spec.mlp,
