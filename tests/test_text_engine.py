@@ -194,3 +194,16 @@ def test_periodic_eval_of_a_text_run_logs_the_validation_loss(corpus, tmp_path):
     assert [r["step"] for r in rows] == ["2", "4"]
     assert all(float(r["loss_per_token"]) > 0 and r["bound"] == "False" for r in rows)
     assert abs(float(rows[-1]["bits_per_char"]) * math.log(2) - float(rows[-1]["loss_per_token"])) < 1e-9
+
+
+def test_ddp_spawn_on_cpu_trains_a_text_run(corpus, tmp_path):
+    """Two CPU ranks share each global batch of windows; the tokenizer travels with the model."""
+    from conftest import genlab_cmd
+
+    out = tmp_path / "run"
+    proc = genlab_cmd("train", str(GPT_CONFIG), *text_overrides(corpus, "trainer.max_steps=2", "trainer.devices=2",
+                                                               "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu"),
+                      "--out", str(out), timeout=300, check_rc=0)
+    assert "Traceback" not in proc.stderr
+    assert load_checkpoint(list_checkpoints(out / CHECKPOINTS)[-1])["global_step"] == 2
+    assert (out / TOKENIZER_JSON).is_file()
