@@ -157,3 +157,20 @@ def test_likelihood_is_a_bound_near_log_v_for_an_untrained_denoiser(model):
         assert model.LIKELIHOOD_IS_BOUND
     finally:
         zeroed.net.load_state_dict(state)
+
+
+@pytest.mark.parametrize("family_config", ["shakespeare-char-gpt.yaml", "shakespeare-char-mdlm.yaml"])
+def test_batch_4_equals_4_accumulated_micro_batches_of_1(family_config, corpus, tmp_path):
+    """STYLE.md 12: accumulation is the same optimisation as one big batch, for both text families (GPT: nothing
+    random; MDLM: times and masks drawn for the global batch)."""
+    from genlab.engine.checkpoint import latest_checkpoint, load_tensors
+
+    finals = []
+    for name, extra in (("big", []), ("accum", ["optim.accumulate=4"])):
+        cfg = load_config(CONFIGS / family_config, text_overrides(corpus, "trainer.max_steps=3", "optim.grad_clip=null",
+                                                                  *extra))
+        train(cfg, tmp_path / name)
+        finals.append(load_tensors(latest_checkpoint(tmp_path / name / CHECKPOINTS)))
+    assert finals[0].keys() == finals[1].keys()
+    for key in finals[0]:
+        torch.testing.assert_close(finals[1][key], finals[0][key], rtol=1e-4, atol=1e-6)
