@@ -1,4 +1,4 @@
-"""`genlab eval`: score a run's samples (or a file of samples) against held-out data.
+"""`genlab eval`: score a run's samples (or a file of samples) against held-out data; a text run's validation loss.
 
     genlab eval RUN_DIR [--n 2000] [--sampler NAME --steps K] [--seed S] [--json]
     genlab eval RUN_DIR --samples FILE.npz [--json]        # given samples, the run's data
@@ -50,6 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--nll-n", type=nonneg_int, default=100,
                    help="held-out examples whose likelihood (bits/dim) is measured where the family defines one "
                         "(default 100; 0 skips it)")
+    p.add_argument("--infill-n", type=nonneg_int, default=64,
+                   help="text runs: held-out windows per span length whose masked middle span is filled (exact match, "
+                        "token accuracy; default 64; 0 skips it)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -61,12 +64,33 @@ def run(args) -> int:
 
     result = evaluate(args.run, real=args.real, samples_file=args.samples, n=args.n, sampler=args.sampler,
                       steps=args.steps, seed=args.seed, features=args.features, n_real=args.n_real,
-                      nll_n=args.nll_n)
+                      nll_n=args.nll_n, infill_n=args.infill_n)
     if args.json:
         print(json.dumps(_jsonable(result), sort_keys=False))
+    elif "loss_per_token" in result:
+        print_text_result(result)
     else:
         print_table(result)
     return 0
+
+
+def print_text_result(result: dict, file=None) -> None:
+    """Print a text run's validation loss, labelled as a bound where it is one."""
+    out = file or sys.stdout
+    kind = "an upper bound (ELBO)" if result["bound"] else "exact"
+    print(f"{result['family']} on {result['dataset']} (validation split, {result['tokens_scored']} tokens scored, "
+          f"{result['tokenizer']} tokenizer): {kind}", file=out)
+    prefix = "<= " if result["bound"] else ""
+    for name in ("loss_per_token", "bits_per_token", "bits_per_char", "perplexity"):
+        print(f"  {name:15s} {prefix}{_fmt(result[name])}", file=out)
+    if result.get("infill"):
+        print(f"infill of a span in the middle of {result['infill_n']} held-out windows ({result['infill_method']}):",
+              file=out)
+        for span, s in result["infill"].items():
+            print(f"  {span:>3s} tokens: exact match {s['exact_match']:.3f}, token accuracy {s['token_accuracy']:.3f}",
+                  file=out)
+    if result.get("eval_csv"):
+        print(f"appended to {result['eval_csv']}", file=out)
 
 
 def _jsonable(obj):

@@ -14,16 +14,26 @@ from genlab.cli.argtypes import nonneg_int, positive_int
 from genlab.cli.common import quiet_lightning
 from genlab.errors import ConfigError
 from genlab.models.options import SampleOption
-from genlab.models.specs import FAMILY_SAMPLE_OPTIONS
+from genlab.models.specs import FAMILY_SAMPLE_OPTIONS, TEXT_FAMILIES
 
 
-def declared_options() -> dict[str, tuple[SampleOption, dict[str, list[str]]]]:
-    """Every sampling option any family declares: {name: (first declaration, {help text: families})}."""
+def declared_options(text: bool = False) -> dict[str, tuple[SampleOption, dict[str, list[str]]]]:
+    """Every sampling option the image and vector families declare (the text families' with `text`, for
+    `genlab generate`): {name: (first declaration, {help text: families})}."""
     merged: dict[str, tuple[SampleOption, dict[str, list[str]]]] = {}
     for family, options in FAMILY_SAMPLE_OPTIONS.items():
+        if (family in TEXT_FAMILIES) != text:
+            continue
         for option in options:
             merged.setdefault(option.name, (option, {}))[1].setdefault(option.help, []).append(family)
     return merged
+
+
+def add_option_flags(parser, text: bool = False) -> None:
+    """One flag per declared sampling option (of the image and vector families, or of the text families)."""
+    for name, (option, helps) in declared_options(text).items():
+        line = "; ".join(f"{'/'.join(families)}: {h}" for h, families in helps.items())
+        parser.add_argument(option.cli_flag, dest=name, type=_argtype(option), help=line)
 
 
 def add_parser(subparsers) -> None:
@@ -39,9 +49,7 @@ def add_parser(subparsers) -> None:
     s.add_argument("--out", default="samples.png", help="output file: .png or .npz (default samples.png)")
     s.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="use the EMA weights (default)")
     s.add_argument("--batch-size", type=positive_int, default=256, help="samples per network batch")
-    for name, (option, helps) in declared_options().items():
-        text = "; ".join(f"{'/'.join(families)}: {line}" for line, families in helps.items())
-        s.add_argument(option.cli_flag, dest=name, type=_argtype(option), help=text)
+    add_option_flags(s)
 
 
 def _argtype(option: SampleOption):
@@ -68,7 +76,7 @@ def run(args) -> int:
 
     quiet_lightning(args.verbose)
     check_sample_path(args.out)  # before minutes of sampling, not after
-    model = load_run_model(Path(args.run))
+    model = load_run_model(Path(args.run), command="sample")  # a text run: use `genlab generate`
     check_sample_memory(args.n, model.info.shape)
     opts = model.check_sample_options(**{name: getattr(args, name) for name in declared_options()})
     samples = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed), ema=args.ema,

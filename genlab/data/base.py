@@ -112,6 +112,10 @@ class TensorData:
         y = None if self.y is None else self.y[index]
         return dataclasses.replace(self, x=self.x[index], y=y)
 
+    def examples(self, index: Tensor) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """The examples at `index` ((K,) int64) as a training batch reads them: (x, y or None, extras {})."""
+        return self.x[index], None if self.y is None else self.y[index], {}
+
 
 def content_hash(x: Tensor, y: Tensor | None = None) -> str:
     """sha256 (hex, first 16 digits) of a split's examples and labels: which data a run saw, recorded in run.json."""
@@ -121,6 +125,42 @@ def content_hash(x: Tensor, y: Tensor | None = None) -> str:
             h.update(str((t.dtype, tuple(t.shape))).encode())
             h.update(t.detach().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CorpusInfo:
+    """What a text run knows of its corpus without reading it: which text, how it was tokenized, its size.
+
+    Attributes:
+        name: the corpus as the user wrote it ("pydocs", "text:PATH").
+        tokenizer: "char" or "bpe" (the tokenizer itself is saved in the run folder as tokenizer.json).
+        train_sha256, val_sha256: content hashes of the two splits (genlab.data.text.split_sha256).
+        train_chars, val_chars: characters in each split (what bits per character divide by).
+        specials: special token name -> id (end of text, mask).
+    """
+
+    name: str
+    tokenizer: str
+    train_sha256: str
+    val_sha256: str
+    train_chars: int
+    val_chars: int
+    specials: tuple[tuple[str, int], ...] = ()
+
+    def special_id(self, name: str) -> int:
+        """The id of special token `name`."""
+        return dict(self.specials)[name]
+
+    def to_dict(self) -> dict:
+        """JSON-able form (run.json)."""
+        d = dataclasses.asdict(self)
+        d["specials"] = dict(self.specials)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CorpusInfo:
+        """Inverse of `to_dict`."""
+        return cls(**{**d, "specials": tuple(sorted(d.get("specials", {}).items(), key=lambda kv: kv[1]))})
 
 
 @dataclass(frozen=True)
@@ -136,24 +176,31 @@ class DataInfo:
     std: float  # standard deviation of the training data (EDM's sigma_data when "auto"); 0 for tokens
     vocab_size: int | None = None  # token sequences only
     content_hash: str | None = None  # `content_hash` of the training split (None for runs written before it)
+    corpus: CorpusInfo | None = None  # text runs: the corpus and its tokenizer
 
     @classmethod
-    def of(cls, data: TensorData) -> DataInfo:
-        """Describe a training split."""
+    def of(cls, data) -> DataInfo:
+        """Describe a training split: a TensorData, or a dataset that describes itself (`data_info()`, text)."""
+        if not isinstance(data, TensorData):
+            return data.data_info()
         std = 0.0 if data.modality == "tokens" else float(data.x.float().std())
         return cls(tuple(data.shape), data.modality, data.num_classes, std, data.vocab_size,
                    content_hash(data.x, data.y))
 
     def to_dict(self) -> dict:
         """JSON-able form, stored beside checkpoints so a run can be rebuilt without its data."""
-        return {"shape": list(self.shape), "modality": self.modality, "num_classes": self.num_classes,
-                "std": self.std, "vocab_size": self.vocab_size, "content_hash": self.content_hash}
+        d = {"shape": list(self.shape), "modality": self.modality, "num_classes": self.num_classes,
+             "std": self.std, "vocab_size": self.vocab_size, "content_hash": self.content_hash}
+        if self.corpus is not None:
+            d["corpus"] = self.corpus.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> DataInfo:
         """Inverse of `to_dict`; also reads the run.json of runs written before modalities ("kind")."""
+        corpus = CorpusInfo.from_dict(d["corpus"]) if d.get("corpus") else None
         return cls(tuple(d["shape"]), d.get("modality", d.get("kind")), d["num_classes"], float(d["std"]),
-                   d.get("vocab_size"), d.get("content_hash"))
+                   d.get("vocab_size"), d.get("content_hash"), corpus)
 
 
 class DataSpec(BaseModel):
@@ -174,6 +221,12 @@ class DataSpec(BaseModel):
         None, description="folder: 1 = grayscale, 3 = RGB; None = the mode of the first image"
     )
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of examples held out for evaluation")
+    tokenizer: Literal["char", "bpe"] = Field(
+        "char", description="text: char (one id per character of the train split) or bpe (byte-level BPE trained "
+                            "on the train split)")
+    vocab_size: int = Field(2048, ge=258, le=65_536, description="text, bpe: vocabulary size (256 bytes, the special "
+                            "tokens and the merges)")
+    seq_len: int = Field(256, ge=2, le=8192, description="text: tokens per training window (the model's context)")
 
 
 def check_split(split: str) -> None:

@@ -12,14 +12,14 @@ or 2 devices x 4, up to floating-point summation order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset
 
-from genlab.data.base import TensorData
 from genlab.errors import ConfigError
 
 _MIX = 0x9E3779B97F4A7C15  # 2^64 / golden ratio: spreads consecutive integers over the seed space
@@ -40,13 +40,18 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 1, epoch)))
 
 
-def step_indices(n: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
-    """Dataset indices of the global batch of optimiser step `step`: (batch_size,) int64."""
+def step_indices(n: int, batch_size: int, seed: int, step: int,
+                 permutation: Callable[[int, int, int], Tensor] = epoch_permutation) -> torch.Tensor:
+    """Dataset indices of the global batch of optimiser step `step`: (batch_size,) int64.
+
+    Args:
+        permutation: `epoch_permutation`, or a memo of it (StepBatches keeps the current epoch's).
+    """
     start, stop = step * batch_size, (step + 1) * batch_size
     parts = []
     for epoch in range(start // n, (stop - 1) // n + 1):
         lo, hi = max(start, epoch * n) - epoch * n, min(stop, (epoch + 1) * n) - epoch * n
-        parts.append(epoch_permutation(n, seed, epoch)[lo:hi])
+        parts.append(permutation(n, seed, epoch)[lo:hi])
     return torch.cat(parts)
 
 
@@ -81,11 +86,22 @@ class Batch:
         return torch.Generator().manual_seed(self.seed)
 
 
+class IndexedExamples(Protocol):
+    """What StepBatches draws from: N examples addressed by index (a TensorData, a text split's TokenWindows)."""
+
+    def __len__(self) -> int: ...
+
+    def examples(self, index: Tensor) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
+        """The examples at `index` ((K,) int64): x (K, ...), labels (K,) or None, extras (K, ...) each."""
+        ...
+
+
 class StepBatches(IterableDataset):
     """Endless micro-batches (`Batch`) from step `start_step` on, for one rank.
 
     Args:
-        data: the training split, held in memory.
+        data: the training split: any `IndexedExamples` (images and vectors in memory, windows over a
+            token stream that are gathered on demand rather than materialised).
         batch_size: global batch per optimiser step (all ranks and micro-batches together).
         seed: the run seed.
         start_step: the first optimiser step to produce (the resumed global step).
@@ -93,7 +109,7 @@ class StepBatches(IterableDataset):
         accumulate: micro-batches per optimiser step.
     """
 
-    def __init__(self, data: TensorData, batch_size: int, seed: int, start_step: int = 0,
+    def __init__(self, data: IndexedExamples, batch_size: int, seed: int, start_step: int = 0,
                  rank: int = 0, world_size: int = 1, accumulate: int = 1) -> None:
         if batch_size % (world_size * accumulate):
             raise ConfigError(
@@ -106,16 +122,27 @@ class StepBatches(IterableDataset):
             )
         self.data, self.batch_size, self.seed = data, batch_size, seed
         self.start_step, self.rank, self.world_size, self.accumulate = start_step, rank, world_size, accumulate
+        self._perms: dict[int, Tensor] = {}  # memo of the last epochs' permutations (a million windows: 8 ms each)
+
+    def permutation(self, n: int, seed: int, epoch: int) -> Tensor:
+        """`epoch_permutation(n, seed, epoch)`, drawn once per epoch (the two latest are kept)."""
+        if epoch not in self._perms:
+            if len(self._perms) >= 2:
+                del self._perms[min(self._perms)]
+            self._perms[epoch] = epoch_permutation(n, seed, epoch)
+        return self._perms[epoch]
 
     def batch(self, step: int, micro: int = 0) -> Batch:
         """The micro-batch `micro` of this rank at optimiser step `step`."""
-        idx = step_indices(len(self.data), self.batch_size, self.seed, step)
+        idx = step_indices(len(self.data), self.batch_size, self.seed, step, self.permutation)
         per_rank = self.batch_size // self.world_size
         per_micro = per_rank // self.accumulate
         lo = self.rank * per_rank + micro * per_micro
         idx = idx[lo : lo + per_micro]
-        y = self.data.y[idx] if self.data.y is not None else torch.full((len(idx),), -1, dtype=torch.long)
-        return Batch(self.data.x[idx], y, mix_seed(self.seed, 2, step), lo, self.batch_size)
+        x, y, extras = self.data.examples(idx)
+        if y is None:
+            y = torch.full((len(idx),), -1, dtype=torch.long)
+        return Batch(x, y, mix_seed(self.seed, 2, step), lo, self.batch_size, extras)
 
     def __iter__(self) -> Iterator[Batch]:
         step = self.start_step

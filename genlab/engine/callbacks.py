@@ -21,7 +21,9 @@ from genlab.data.batches import mix_seed
 from genlab.engine.checkpoint import checkpoint_name, prune_checkpoints
 from genlab.engine.config import RunConfig
 from genlab.engine.evaluate import append_metrics_csv, drop_training_rows_after
+from genlab.data import load_dataset
 from genlab.engine.nonfinite import NonFiniteGuard, training_tensors
+from genlab.engine.text_eval import TEXT_METRICS, text_scores
 from genlab.eval.scores import IMAGE_METRICS, POINT_METRICS, evaluate_samples
 from genlab.models.base import all_finite
 
@@ -128,8 +130,8 @@ class SampleGrid(Callback):
 
 
 class PeriodicEval(Callback):
-    """Score EMA samples with `genlab eval`'s metrics every N steps and/or every S seconds of training;
-    log them and append to eval.csv with the training seconds so far (`train_seconds`).
+    """Score EMA samples with `genlab eval`'s metrics every N steps and/or every S seconds of training (a text
+    run: its validation loss); log them and append to eval.csv with the training seconds so far (`train_seconds`).
 
     The evaluation itself is off the training clock; `every_seconds` is decided on every rank
     alike (`reduce_boolean_decision`) so DDP ranks stay in step.
@@ -140,6 +142,7 @@ class PeriodicEval(Callback):
         self.clock = clock or TrainingClock()
         self.last = -1
         self.next_due = cfg.eval.every_seconds  # training seconds of the next timed evaluation
+        self.val = None  # a text run's validation split, loaded at its first evaluation
 
     def due(self, trainer: pl.Trainer, step: int) -> bool:
         """Whether this optimiser step ends an evaluation interval (of steps or of training seconds)."""
@@ -163,12 +166,25 @@ class PeriodicEval(Callback):
             return
         seconds = self.clock.total()
         with self.clock.paused():
-            g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 4, step))
-            result = evaluate_samples(pl_module.sample(self.cfg.eval.n, generator=g), self.cfg.data, seed=self.cfg.seed)
-            metrics = {f"eval/{k}": result[k] for k in (*IMAGE_METRICS, *POINT_METRICS) if k in result}
+            if pl_module.info.modality == "tokens":  # a language model: its validation loss
+                result = self.text_result(pl_module)
+                metrics = {f"eval/{k}": result[k] for k in TEXT_METRICS}
+            else:
+                g = torch.Generator().manual_seed(mix_seed(self.cfg.seed, 4, step))
+                result = evaluate_samples(pl_module.sample(self.cfg.eval.n, generator=g), self.cfg.data,
+                                          seed=self.cfg.seed)
+                metrics = {f"eval/{k}": result[k] for k in (*IMAGE_METRICS, *POINT_METRICS) if k in result}
             for lg in trainer.loggers:
                 lg.log_metrics(metrics, step=step)
             append_metrics_csv(self.run_dir, {"step": step, "train_seconds": seconds, **result})
+
+
+    def text_result(self, pl_module) -> dict:
+        """The validation loss of a text model (genlab/engine/text_eval.py), its split tokenized once."""
+        if self.val is None:
+            self.val = load_dataset(self.cfg.data, "test", tokenizer=pl_module.tokenizer)
+        scores = text_scores(pl_module, self.val, seed=self.cfg.seed)
+        return {k: scores[k] for k in (*TEXT_METRICS, "bound")}
 
 
 class TrainingClock:
@@ -257,7 +273,7 @@ class StopConditions(Callback):
 
 
 class StepProgress(Callback):
-    """A progress bar over optimiser steps: step, loss, it/s and ETA (tqdm)."""
+    """A progress bar over optimiser steps: step, loss, it/s (text: tokens/s) and ETA (tqdm)."""
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.bar = None
@@ -271,6 +287,9 @@ class StepProgress(Callback):
             if trainer.global_step % 10 == 0:  # the family's headline losses (the GAN's: D and G)
                 shown = {key.removeprefix("train/"): f"{float(trainer.callback_metrics[key]):.4f}"
                          for key in pl_module.PROGRESS_METRICS if key in trainer.callback_metrics}
+                rate = self.bar.format_dict.get("rate")  # steps/s, smoothed
+                if pl_module.info.modality == "tokens" and rate:  # a language model: tokens of the global batch
+                    shown["tok/s"] = f"{rate * batch.global_batch * batch.x.shape[1]:,.0f}"
                 if shown:
                     self.bar.set_postfix(shown, refresh=False)
 

@@ -24,6 +24,7 @@ from genlab.data import DataSpec, load_dataset
 from genlab.data.toys import TOYS
 from genlab.engine.memory import check_sample_memory
 from genlab.engine.runs import SAMPLES, load_run_model, read_run
+from genlab.engine.text_eval import evaluate_text_run
 from genlab.errors import ConfigError, DataError
 from genlab.eval import toy as T
 from genlab.eval.features import check_features_mode
@@ -252,9 +253,11 @@ def spec_for_samples(name: str, samples):
 
 def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, samples_file=None, n: int = 2000,
              sampler: str | None = None, steps: int | None = None, seed: int = 0, features: str = "auto",
-             n_real: int | None = None, nll_n: int = 100) -> dict:
+             n_real: int | None = None, nll_n: int = 100, infill_n: int = 64) -> dict:
     """`genlab eval`: score a run (samples drawn now, or given in `samples_file`) or a file of samples
-    against dataset `real`; a run's result is appended to its eval.csv (key "eval_csv").
+    against dataset `real`; a run's result is appended to its eval.csv (key "eval_csv"). A text run is
+    scored by its validation loss and, on `infill_n` held-out windows, its infill accuracy
+    (genlab/engine/text_eval.py).
 
     Raises:
         ConfigError: contradictory or incomplete arguments, or an unknown `features` choice.
@@ -270,6 +273,13 @@ def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, s
         raise ConfigError("--sampler/--steps draw new samples from a run; drop them when giving --samples FILE.npz")
     if run:  # eval.csv and samples/eval-*.png are written into the run folder
         check_run_links(run)
+    if run and read_run(Path(run))[1].modality == "tokens":  # a language model: its validation loss
+        if samples_file or sampler or steps:
+            raise ConfigError("a text run is scored by its loss on the validation split; drop --samples, --sampler "
+                              "and --steps")
+        result = evaluate_text_run(run, seed=seed, infill_n=infill_n)
+        result["eval_csv"] = str(append_metrics_csv(run, result))
+        return result
     check_features_mode(features)
     common = {"n_real": n_real, "seed": seed, "features": features}
     if samples_file:

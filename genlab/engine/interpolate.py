@@ -26,7 +26,7 @@ import torch
 from PIL import ImageDraw
 
 from genlab.data import load_dataset
-from genlab.engine.runs import SAMPLES, load_run_model, read_run
+from genlab.engine.runs import SAMPLES, check_command_fits, load_run_model, read_run
 from genlab.errors import ConfigError, unknown_name_error
 from genlab.eval.toy import scatter_extent
 from genlab.imageio import image_grid, plot_pixels, scatter_plot
@@ -210,7 +210,8 @@ def interpolate_run(run_dir, out=None, *, rows: int = 4, steps: int = 8, seed: i
         CheckpointError: RUN_DIR is not a run.
     """
     run_dir = Path(run_dir)
-    cfg, _ = read_run(run_dir)
+    cfg, info = read_run(run_dir)
+    check_command_fits(info, "interpolate")
     if not has_latent(family_class(cfg.family)):
         raise ConfigError(f"the {cfg.family} family has no latent space to interpolate in; "
                           f"families with one: {', '.join(latent_families())}")

@@ -28,8 +28,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch.utils.data import DataLoader
 
 from genlab.data import load_dataset
-from genlab.data.base import DataInfo, TensorData
-from genlab.data.batches import StepBatches, mix_seed
+from genlab.data.base import DataInfo
+from genlab.data.batches import IndexedExamples, StepBatches, mix_seed
 from genlab.engine.callbacks import (
     EMACallback,
     PeriodicEval,
@@ -59,9 +59,11 @@ from genlab.engine.runlock import RunLock
 from genlab.engine.runs import (
     CHECKPOINTS,
     CONFIG_YAML,
+    RUN_JSON,
     SAMPLES,
     load_weights,
     read_run,
+    read_tokenizer,
     write_run_json,
 )
 from genlab.errors import ConfigError
@@ -75,7 +77,7 @@ logger = logging.getLogger("genlab")
 class StepDataModule(pl.LightningDataModule):
     """Feeds StepBatches from the trainer's (restored) global step, sliced for this rank."""
 
-    def __init__(self, data: TensorData, cfg: RunConfig) -> None:
+    def __init__(self, data: IndexedExamples, cfg: RunConfig) -> None:
         super().__init__()
         self.data, self.cfg = data, cfg
 
@@ -202,9 +204,16 @@ def _pin_precision(cfg: RunConfig, out: Path, fresh: bool) -> RunConfig:
 
 
 def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: Sequence[Callback]) -> Path:
-    data = load_dataset(cfg.data, "train")
+    # A resumed text run (and a DDP child) reads the tokenizer the run started with, never retrains it.
+    saved = read_run(out)[1] if resume or (child and (out / RUN_JSON).is_file()) else None
+    tokenizer = read_tokenizer(out, saved) if saved is not None else None
+    data = load_dataset(cfg.data, "train", tokenizer=tokenizer)
+    tokenizer = getattr(data, "tokenizer", None)  # a text corpus's; None for images and vectors
+    if saved is not None and saved.corpus is not None and DataInfo.of(data).corpus.train_sha256 != saved.corpus.train_sha256:
+        raise ConfigError(f"the training text of {cfg.data.name} changed since the run started (its sha256 differs "
+                          f"from run.json's); restore it, or start a new run")
     if resume:
-        info = read_run(out)[1]  # keep sigma_data etc. exactly as the run started
+        info = saved  # keep sigma_data etc. exactly as the run started
         # A run killed before its first checkpoint starts again from step 0 (the same run, exactly).
         ckpt = latest_checkpoint(out / CHECKPOINTS) if list_checkpoints(out / CHECKPOINTS) else None
         if ckpt is None and not child:
@@ -219,6 +228,8 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
         fixed = 0 if child else check_parameter_memory(lambda: build_model(cfg.family, cfg.model, info, cfg.optim),
                                                        accelerator)
         model = build_model(cfg.family, cfg.model, info, cfg.optim)
+    if info.modality == "tokens":
+        model.set_tokenizer(tokenizer)
     if ckpt is not None:  # a checkpoint of another architecture: a clear error, not Lightning's traceback
         load_weights(model, ckpt, out / CONFIG_YAML)
     if not child:
@@ -284,7 +295,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
     if not resume and not child:  # written only once the config has built a model and a trainer
         try:
             save_config(cfg, out / CONFIG_YAML)
-            write_run_json(out, cfg, info)
+            write_run_json(out, cfg, info, tokenizer)
         except OSError as err:
             raise ConfigError(f"cannot write the config of run folder {out}: {err.strerror or err}; "
                               f"free space or choose another --out") from None

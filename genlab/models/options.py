@@ -79,6 +79,14 @@ GUIDANCE = SampleOption("guidance", float, "classifier-free guidance scale (1 = 
 TEMPERATURE = SampleOption("temperature", float, "sampling temperature; default: the run's", minimum=0.0,
                            exclusive_minimum=True)
 
+PROMPT = SampleOption("prompt", str, "text the generated text continues (default: none, start of a document)")
+MAX_NEW_TOKENS = SampleOption("max_new_tokens", int, "tokens to generate; default: the run's", minimum=1,
+                              maximum=100_000)
+TOP_K = SampleOption("top_k", int, "draw only from the k most probable tokens (default: the run's)", minimum=1)
+TOP_P = SampleOption("top_p", float, "nucleus sampling: draw from the most probable tokens whose probability "
+                     "reaches p (default: the run's)", minimum=0.0, maximum=1.0, exclusive_minimum=True)
+TEXT_STEPS = SampleOption("steps", int, "denoising steps; default: the run's", minimum=1, maximum=100_000)
+
 
 def options_by_name(options: tuple[SampleOption, ...]) -> dict[str, SampleOption]:
     """{name: option} of a family's declaration."""

@@ -7,6 +7,8 @@ from genlab.errors import ConfigError, unknown_name_error
 from genlab.models.base import GenerativeModule
 from genlab.models.diffusion import DiffusionModel
 from genlab.models.gan import GANModel
+from genlab.models.gpt import GPTModel
+from genlab.models.mdlm import MDLMModel
 from genlab.models.pixelcnn import PixelCNNModel
 from genlab.models.rbm import DBNModel, RBMModel
 from genlab.models.vae import VAEModel
@@ -19,6 +21,8 @@ FAMILIES: dict[str, type[GenerativeModule]] = {
     "pixelcnn": PixelCNNModel,
     "rbm": RBMModel,
     "dbn": DBNModel,
+    "gpt": GPTModel,
+    "mdlm": MDLMModel,
 }
 
 

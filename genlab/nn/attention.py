@@ -15,13 +15,20 @@ import torch.nn.functional as F
 __all__ = ["attention"]
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d)) v`` over (..., tokens, d) inputs, with attention dropout ``dropout_p``.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, *,
+              attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + mask) v`` over (..., tokens, d) inputs, with attention dropout ``dropout_p``.
+
+    Args:
+        q: (..., Tq, d); k, v: (..., S, d).
+        attn_mask: optional bool, broadcastable to (..., Tq, S), True where a query may attend.
+        is_causal: the kernel's own causal mask (query i sees keys 0..i); no `attn_mask` with it.
 
     Returns a tensor of ``q``'s shape and dtype.
     """
     if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
         with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), dropout_p=dropout_p)
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
+                                                 is_causal=is_causal, dropout_p=dropout_p)
         return out.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)

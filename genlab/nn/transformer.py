@@ -1,8 +1,9 @@
 """The decoder-only transformer shared by every text family: GPT LM, masked-diffusion LM, reward model, policy.
 
 A token embedding, ``n_layers`` pre-norm blocks (attention + MLP, each on a residual branch),
-a final norm and a linear head. Attention goes through ``F.scaled_dot_product_attention``,
-causal (GPT, policy, reward model) or bidirectional (MDLM) by ``TransformerConfig.causal``,
+a final norm and a linear head. Attention goes through ``genlab.nn.attention.attention`` (PyTorch's
+SDPA with genlab's CPU precision policy), causal (GPT, policy, reward model) or bidirectional (MDLM)
+by ``TransformerConfig.causal``,
 with rotary position embeddings (RoFormer, Su et al. 2021, Eq. 34) applied to queries and keys.
 
 Options, each reported as a win by the public GPT speed-run literature at 124M parameters and
@@ -27,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from genlab.nn.attention import attention
+
 __all__ = [
     "Block",
     "KVCache",
@@ -34,7 +37,6 @@ __all__ = [
     "TransformerConfig",
     "apply_rotary",
     "rotary_cos_sin",
-    "sdpa",
 ]
 
 
@@ -139,28 +141,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Attention
-
-
-def sdpa(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Tensor | None = None, is_causal: bool = False,
-         dropout_p: float = 0.0) -> Tensor:
-    """``F.scaled_dot_product_attention`` with genlab's CPU precision policy (see ``nn/attention.py``).
-
-    On the CPU, 16-bit inputs are attended in fp32 and cast back (PyTorch's CPU bf16 attention
-    backward is several times slower than fp32's at small token counts). This is
-    ``nn.attention.attention`` plus a mask and the causal flag; the two should become one
-    function once ``attention.py`` may be edited (NOTES-text.md).
-
-    Args:
-        q: (B, H, Tq, d); k, v: (B, H, S, d).
-        attn_mask: optional bool, broadcastable to (B, H, Tq, S), True where a query may attend.
-    """
-    if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-        with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
-                                                 is_causal=is_causal, dropout_p=dropout_p)
-        return out.to(q.dtype)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)
+# The key/value cache
 
 
 @dataclass
@@ -231,7 +212,7 @@ class Attention(nn.Module):
             k, v = cache.update(layer, k, v)  # (B, H, S, d)
             k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be kept in another precision
         dropout_p = self.cfg.dropout if self.training else 0.0
-        y = sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)  # (B, H, T, d)
+        y = attention(q, k, v, dropout_p, attn_mask=attn_mask, is_causal=is_causal)  # (B, H, T, d)
         return self.proj(y.transpose(1, 2).reshape(B, T, D))
 
 

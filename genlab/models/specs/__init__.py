@@ -8,16 +8,18 @@ section lives in its own module here; FAMILY_SPECS maps the `family:` name to it
 from __future__ import annotations
 
 from genlab.models.options import SampleOption
-from genlab.models.specs import diffusion, gan, pixelcnn, rbm, vae
+from genlab.models.specs import diffusion, gan, gpt, mdlm, pixelcnn, rbm, vae
 from genlab.models.specs.base import Spec
 from genlab.models.specs.diffusion import DiffusionSpec, MLPSpec, UNetSpec
 from genlab.models.specs.gan import GANSpec
+from genlab.models.specs.gpt import GPTSpec
+from genlab.models.specs.mdlm import MDLMSpec
 from genlab.models.specs.pixelcnn import PixelCNNSpec
 from genlab.models.specs.rbm import DBNSpec, RBMSpec
 from genlab.models.specs.vae import VAESpec
 
-__all__ = ["DBNSpec", "DiffusionSpec", "FAMILY_SAMPLE_OPTIONS", "FAMILY_SPECS", "GANSpec", "MLPSpec", "PixelCNNSpec", "RBMSpec", "Spec",
-           "UNetSpec", "VAESpec"]
+__all__ = ["DBNSpec", "DiffusionSpec", "FAMILY_SAMPLE_OPTIONS", "FAMILY_SPECS", "GANSpec", "GPTSpec", "MDLMSpec",
+           "MLPSpec", "PixelCNNSpec", "RBMSpec", "Spec", "TEXT_FAMILIES", "UNetSpec", "VAESpec"]
 
 FAMILY_SPECS: dict[str, type[Spec]] = {
     "diffusion": DiffusionSpec,
@@ -26,7 +28,12 @@ FAMILY_SPECS: dict[str, type[Spec]] = {
     "pixelcnn": PixelCNNSpec,
     "rbm": RBMSpec,
     "dbn": DBNSpec,
+    "gpt": GPTSpec,
+    "mdlm": MDLMSpec,
 }
+
+#: the families that model token sequences (`genlab generate` / `infill`, not `genlab sample`)
+TEXT_FAMILIES = ("gpt", "mdlm")
 
 #: the options of each family's `sample` (see genlab/models/options.py), readable without torch
 FAMILY_SAMPLE_OPTIONS: dict[str, tuple[SampleOption, ...]] = {
@@ -36,4 +43,6 @@ FAMILY_SAMPLE_OPTIONS: dict[str, tuple[SampleOption, ...]] = {
     "pixelcnn": pixelcnn.SAMPLE_OPTIONS,
     "rbm": rbm.SAMPLE_OPTIONS,
     "dbn": rbm.SAMPLE_OPTIONS,
+    "gpt": gpt.SAMPLE_OPTIONS,
+    "mdlm": mdlm.SAMPLE_OPTIONS,
 }
