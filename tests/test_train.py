@@ -288,8 +288,10 @@ def test_every_shipped_config_builds_its_model():
         data = load_dataset(cfg.data, "train")
         model = build_model(cfg.family, cfg.model, DataInfo.of(data), cfg.optim)
         assert model.FAMILY == cfg.family and model.info == DataInfo.of(data), path.name
-        ema = dict(model.ema_net.named_parameters())  # the EMA starts as an exact copy of the network
-        assert all(torch.equal(p, ema[k]) for k, p in model.net.named_parameters()), path.name
+        assert (model.ema_net is not None) == model.USES_EMA, path.name  # a language model keeps none
+        if model.USES_EMA:  # the EMA starts as an exact copy of the network
+            ema = dict(model.ema_net.named_parameters())
+            assert all(torch.equal(p, ema[k]) for k, p in model.net.named_parameters()), path.name
 
 
 def test_dit_config_trains_and_samples(tmp_path):

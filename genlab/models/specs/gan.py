@@ -13,6 +13,8 @@ from genlab.models.specs.base import Spec
 class GANSpec(Spec):
     """GAN: DCGAN-style (images) or MLP (vectors) generator and discriminator, two optimisers."""
 
+    USED_ONLY_WHEN = {"channels": ("net", ("dcgan",)), "hidden": ("net", ("mlp",)), "depth": ("net", ("mlp",))}
+
     net: Literal["dcgan", "mlp"] = Field("dcgan", description="dcgan for images, mlp for vectors")
     latent_dim: int = Field(64, ge=1, le=4096, description="dimension of the generator's latent z ~ N(0, I)")
     channels: int = Field(64, ge=4, le=1024, description="dcgan: width of G's last and D's first stage")

@@ -13,6 +13,9 @@ from genlab.models.specs.base import Spec
 class PixelCNNSpec(Spec):
     """Autoregressive model: gated PixelCNN for images, a MADE-style masked MLP for vectors."""
 
+    USED_ONLY_WHEN = {"channels": ("net", ("gated",)), "layers": ("net", ("gated",)),
+                      "kernel_size": ("net", ("gated",)), "hidden": ("net", ("made",)), "depth": ("net", ("made",))}
+
     net: Literal["gated", "made"] = Field("gated", description="gated (images) or made (vectors)")
     channels: int = Field(64, ge=4, le=1024, description="gated: feature maps per stack")
     layers: int = Field(8, ge=1, le=64, description="gated: number of gated layers")

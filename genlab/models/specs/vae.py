@@ -13,6 +13,8 @@ from genlab.models.specs.base import Spec
 class VAESpec(Spec):
     """VAE: convolutional (images) or MLP (vectors) encoder/decoder with a Gaussian posterior."""
 
+    USED_ONLY_WHEN = {"channels": ("net", ("conv",)), "hidden": ("net", ("mlp",)), "depth": ("net", ("mlp",))}
+
     net: Literal["conv", "mlp"] = Field("conv", description="conv for images, mlp for vectors")
     latent_dim: int = Field(16, ge=1, le=4096)
     channels: int = Field(32, ge=4, le=1024, description="conv: base width")
