@@ -4,6 +4,7 @@ tokenizer, prompts, text previews, decoupled weight decay, and dropout drawn fro
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ def build_transformer(spec: TransformerFields, info: DataInfo, *, causal: bool) 
     return Transformer(cfg)
 
 
-class TextModule(GenerativeModule):
+class TextModule(GenerativeModule, ABC):
     """Base of the language-model families: `net` is a Transformer; the run's tokenizer turns text into ids."""
 
     USES_EMA = False  # a language model does without: an EMA copy doubles the weights in memory
@@ -85,10 +86,10 @@ class TextModule(GenerativeModule):
     def check_infill_length(self, length: int) -> None:
         """Refuse a template the family cannot read whole (a bidirectional denoiser's context); default: any."""
 
+    @abstractmethod
     def fill_spans(self, tokens: Tensor, given: Tensor, *, generator: torch.Generator | None = None,
                    **options) -> Tensor:
         """Fill the positions where `given` (L,) is False in each row of `tokens` (B, L): (B, L) int64."""
-        raise NotImplementedError
 
     def infill(self, text: str, *, generator: torch.Generator | None = None, **options) -> dict:
         """Fill each `[MASK:n]` span of `text` with exactly n tokens (`fill_spans`); other characters stay byte-identical.
