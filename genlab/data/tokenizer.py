@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -103,7 +104,32 @@ def _check_ids(ids: Sequence[int], vocab_size: int) -> None:
         raise ValueError(f"token ids out of range [0, {vocab_size}): {bad[:5]}")
 
 
-class CharTokenizer:
+class _SavedTokenizer(ABC):
+    """What both tokenizers share: JSON save and load, and equality of their JSON forms."""
+
+    kind = "?"
+
+    @abstractmethod
+    def to_dict(self) -> dict:
+        """The JSON form (see :meth:`save`)."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the tokenizer as JSON (atomically)."""
+        _write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read a tokenizer of this kind written by :meth:`save`."""
+        tok = load_tokenizer(path)
+        if not isinstance(tok, cls):
+            raise DataError(f"{printable(path)} holds a {tok.kind} tokenizer, not a {cls.kind} one")
+        return tok
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+
+class CharTokenizer(_SavedTokenizer):
     """One id per character: the training text's characters sorted by code point, then special tokens.
 
     Args:
@@ -177,31 +203,16 @@ class CharTokenizer:
         return {"kind": self.kind, "version": FORMAT_VERSION, "chars": "".join(self.chars),
                 "specials": list(self.specials), "unk": self.unk}
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer as JSON (atomically)."""
-        _write_json(path, self.to_dict())
-
     @classmethod
     def from_dict(cls, obj: dict) -> CharTokenizer:
         """Inverse of :meth:`to_dict`."""
         return cls(obj["chars"], obj["specials"], bool(obj["unk"]))
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        """Read a tokenizer written by :meth:`save`."""
-        tok = load_tokenizer(path)
-        if not isinstance(tok, cls):
-            raise DataError(f"{printable(path)} holds a {tok.kind} tokenizer, not a char one")
-        return tok
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and self.to_dict() == other.to_dict()
-
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, specials={self.specials}, unk={self.unk})"
 
 
-class BPETokenizer:
+class BPETokenizer(_SavedTokenizer):
     """Byte-level BPE on the ``tokenizers`` library: special tokens first (ids 0..), then bytes and merges.
 
     Build one with :meth:`train` or :meth:`load`; the wrapped ``tokenizers.Tokenizer`` is ``self.tk``.
@@ -267,10 +278,6 @@ class BPETokenizer:
         return {"kind": self.kind, "version": FORMAT_VERSION, "specials": list(self.specials),
                 "tokenizer": json.loads(self.tk.to_str())}
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the tokenizer as JSON (atomically)."""
-        _write_json(path, self.to_dict())
-
     @classmethod
     def from_dict(cls, obj: dict) -> BPETokenizer:
         """Inverse of :meth:`to_dict`."""
@@ -279,17 +286,6 @@ class BPETokenizer:
         except Exception as e:  # noqa: BLE001 -- the Rust side raises a bare Exception on malformed JSON
             raise DataError(f"malformed BPE tokenizer JSON: {e}") from None
         return cls(tk, obj["specials"])
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> BPETokenizer:
-        """Read a tokenizer written by :meth:`save`."""
-        tok = load_tokenizer(path)
-        if not isinstance(tok, cls):
-            raise DataError(f"{printable(path)} holds a {tok.kind} tokenizer, not a bpe one")
-        return tok
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, BPETokenizer) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size}, specials={self.specials})"
