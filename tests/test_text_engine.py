@@ -207,3 +207,27 @@ def test_ddp_spawn_on_cpu_trains_a_text_run(corpus, tmp_path):
     assert "Traceback" not in proc.stderr
     assert load_checkpoint(list_checkpoints(out / CHECKPOINTS)[-1])["global_step"] == 2
     assert (out / TOKENIZER_JSON).is_file()
+
+
+def test_generative_perplexity_under_a_uniform_reference_is_the_vocabulary_size(straight):
+    """Samples scored by a reference whose logits are all zero: every token costs log V, whatever was sampled;
+    entropy and distinct-n are those of the samples themselves."""
+    from genlab.engine.text_eval import generation_scores
+    from genlab.eval.text import as_lists, distinct_n
+
+    model, reference = load_run_model(straight), load_run_model(straight)
+    with torch.no_grad():
+        for p in reference.net.parameters():
+            p.zero_()
+    scores = generation_scores(model, reference, n=4, seed=0)
+    assert scores["gen_perplexity"] == pytest.approx(reference.info.vocab_size, rel=1e-6)  # float32 logits
+    samples = as_lists(model.sample(4, generator=torch.Generator().manual_seed(0)))
+    assert scores["distinct_2"] == pytest.approx(distinct_n(samples, 2))
+    assert 0 < scores["unigram_entropy"] <= math.log(model.info.vocab_size)
+
+
+def test_a_reference_that_is_not_a_gpt_is_refused(straight):
+    from genlab.engine.text_eval import generation_scores
+
+    with pytest.raises(ConfigError, match="--reference must be a gpt run"):
+        generation_scores(load_run_model(straight), object(), n=2)

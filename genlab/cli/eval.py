@@ -53,6 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--infill-n", type=nonneg_int, default=64,
                    help="text runs: held-out windows per span length whose masked middle span is filled (exact match, "
                         "token accuracy; default 64; 0 skips it)")
+    p.add_argument("--reference", metavar="GPT_RUN", help="text runs: score --gen-n samples under this GPT run "
+                                                          "(generative perplexity, beside unigram entropy and distinct-n)")
+    p.add_argument("--gen-n", type=positive_int, default=64, help="text runs: samples scored by --reference (default 64)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
 
@@ -64,7 +67,7 @@ def run(args) -> int:
 
     result = evaluate(args.run, real=args.real, samples_file=args.samples, n=args.n, sampler=args.sampler,
                       steps=args.steps, seed=args.seed, features=args.features, n_real=args.n_real,
-                      nll_n=args.nll_n, infill_n=args.infill_n)
+                      nll_n=args.nll_n, infill_n=args.infill_n, reference=args.reference, gen_n=args.gen_n)
     if args.json:
         print(json.dumps(_jsonable(result), sort_keys=False))
     elif "loss_per_token" in result:
@@ -89,6 +92,10 @@ def print_text_result(result: dict, file=None) -> None:
         for span, s in result["infill"].items():
             print(f"  {span:>3s} tokens: exact match {s['exact_match']:.3f}, token accuracy {s['token_accuracy']:.3f}",
                   file=out)
+    if "gen_perplexity" in result:
+        print(f"{result['gen_n']} samples under {result['reference']}: generative perplexity "
+              f"{_fmt(result['gen_perplexity'])} (unigram entropy {_fmt(result['unigram_entropy'])} nats, distinct-1/2/3 "
+              f"{_fmt(result['distinct_1'])}/{_fmt(result['distinct_2'])}/{_fmt(result['distinct_3'])})", file=out)
     if result.get("eval_csv"):
         print(f"appended to {result['eval_csv']}", file=out)
 

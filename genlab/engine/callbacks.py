@@ -17,11 +17,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from tqdm.auto import tqdm
 
+from genlab.data import load_dataset
 from genlab.data.batches import mix_seed
 from genlab.engine.checkpoint import checkpoint_name, prune_checkpoints
 from genlab.engine.config import RunConfig
 from genlab.engine.evaluate import append_metrics_csv, drop_training_rows_after
-from genlab.data import load_dataset
 from genlab.engine.nonfinite import NonFiniteGuard, training_tensors
 from genlab.engine.text_eval import TEXT_METRICS, text_scores
 from genlab.eval.scores import IMAGE_METRICS, POINT_METRICS, evaluate_samples

@@ -253,11 +253,13 @@ def spec_for_samples(name: str, samples):
 
 def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, samples_file=None, n: int = 2000,
              sampler: str | None = None, steps: int | None = None, seed: int = 0, features: str = "auto",
-             n_real: int | None = None, nll_n: int = 100, infill_n: int = 64) -> dict:
+             n_real: int | None = None, nll_n: int = 100, infill_n: int = 64, reference=None,
+             gen_n: int = 64) -> dict:
     """`genlab eval`: score a run (samples drawn now, or given in `samples_file`) or a file of samples
     against dataset `real`; a run's result is appended to its eval.csv (key "eval_csv"). A text run is
-    scored by its validation loss and, on `infill_n` held-out windows, its infill accuracy
-    (genlab/engine/text_eval.py).
+    scored by its validation loss and, on `infill_n` held-out windows, its infill accuracy; with a
+    `reference` GPT run, `gen_n` samples' generative perplexity beside their unigram entropy and
+    distinct-n (genlab/engine/text_eval.py).
 
     Raises:
         ConfigError: contradictory or incomplete arguments, or an unknown `features` choice.
@@ -277,9 +279,11 @@ def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, s
         if samples_file or sampler or steps:
             raise ConfigError("a text run is scored by its loss on the validation split; drop --samples, --sampler "
                               "and --steps")
-        result = evaluate_text_run(run, seed=seed, infill_n=infill_n)
+        result = evaluate_text_run(run, seed=seed, infill_n=infill_n, reference=reference, gen_n=gen_n)
         result["eval_csv"] = str(append_metrics_csv(run, result))
         return result
+    if reference is not None:
+        raise ConfigError("--reference scores the samples of a text run; drop it for this run")
     check_features_mode(features)
     common = {"n_real": n_real, "seed": seed, "features": features}
     if samples_file:

@@ -19,6 +19,8 @@ import torch
 from genlab.data import load_dataset
 from genlab.data.tokens import TextData
 from genlab.engine.runs import load_run_model, read_run
+from genlab.errors import ConfigError
+from genlab.eval.text import as_lists, distinct_n, unigram_entropy
 
 #: the numbers of a text evaluation that are logged during training (eval/<name>)
 TEXT_METRICS = ("loss_per_token", "bits_per_char", "perplexity")
@@ -90,9 +92,48 @@ def infill_scores(model, val: TextData, *, n: int = 64, spans: tuple[int, ...] =
     return {"infill": out, "infill_n": len(rows), "infill_method": model.INFILL_METHOD}
 
 
-def evaluate_text_run(run_dir: str | Path, *, seed: int = 0, draws: int | None = None, infill_n: int = 64) -> dict:
-    """`genlab eval RUN` on a text run: `text_scores` on its validation split with the run's own tokenizer, and
-    `infill_scores` on `infill_n` of its windows (0 skips them)."""
+@torch.no_grad()
+def generation_scores(model, reference, *, n: int = 64, seed: int = 0) -> dict:
+    """Samples of `model` scored by a reference GPT: generative perplexity beside their unigram entropy and
+    distinct-n (a low perplexity from collapsed, repetitive samples is the known trap).
+
+    `n` samples are drawn with the run's own sampling settings (`model.sample`), decoded to text (special
+    tokens such as end-of-text dropped), re-encoded with the reference's tokenizer and scored exactly in
+    windows of the reference's context.
+
+    Returns:
+        {"gen_perplexity" (per reference token), "gen_bits_per_char", "gen_n", "unigram_entropy" (nats, of
+        the model's own tokens), "distinct_1", "distinct_2", "distinct_3", "reference_family"}.
+    """
+    if getattr(reference, "FAMILY", None) != "gpt":
+        raise ConfigError("--reference must be a gpt run (its likelihood is exact)")
+    ids = model.sample(n, generator=torch.Generator().manual_seed(seed))  # (n, T)
+    lists = as_lists(ids)
+    tok = model.tokenizer
+    special = {tok.special_id(name) for name in tok.specials}
+    texts = [model.decode([t for t in row if t not in special]) for row in lists]  # the text, markers dropped
+    nats, tokens, chars = 0.0, 0, sum(len(t) for t in texts)
+    for text in texts:
+        ref_ids = torch.tensor(reference.encode_prompt(text), dtype=torch.long)
+        size = reference.context + 1  # windows share their ends: every token after the first scored once
+        for start in range(0, max(1, len(ref_ids) - 1), size - 1):
+            window = ref_ids[start:start + size]
+            if len(window) < 2:
+                break
+            bits = float(reference.log_likelihood(window[None])[0])  # mean bits per predicted token
+            nats += bits * math.log(2) * (len(window) - 1)
+            tokens += len(window) - 1
+    return {"gen_perplexity": math.exp(nats / tokens) if tokens else float("nan"),
+            "gen_bits_per_char": nats / math.log(2) / chars if chars else float("nan"), "gen_n": n,
+            "unigram_entropy": unigram_entropy(lists), **{f"distinct_{k}": distinct_n(lists, k) for k in (1, 2, 3)},
+            "reference_family": reference.FAMILY}
+
+
+def evaluate_text_run(run_dir: str | Path, *, seed: int = 0, draws: int | None = None, infill_n: int = 64,
+                      reference: str | Path | None = None, gen_n: int = 64) -> dict:
+    """`genlab eval RUN` on a text run: `text_scores` on its validation split with the run's own tokenizer,
+    `infill_scores` on `infill_n` of its windows (0 skips them), and with a `reference` GPT run,
+    `generation_scores` of `gen_n` samples."""
     run_dir = Path(run_dir)
     cfg, info = read_run(run_dir)
     model = load_run_model(run_dir)
@@ -100,6 +141,9 @@ def evaluate_text_run(run_dir: str | Path, *, seed: int = 0, draws: int | None =
     result = text_scores(model, val, seed=seed, draws=draws)
     if infill_n:
         result.update(infill_scores(model, val, n=infill_n, seed=seed))
+    if reference is not None:
+        result.update(generation_scores(model, load_run_model(Path(reference)), n=gen_n, seed=seed),
+                      reference=str(reference))
     return {"run": str(run_dir), "family": cfg.family, "dataset": cfg.data.name, "split": "val",
             "tokenizer": info.corpus.tokenizer, "vocab_size": info.vocab_size, "seq_len": info.shape[0],
             "seed": seed, **({"draws": draws or model.spec.likelihood_draws} if result["bound"] else {}), **result}
