@@ -44,6 +44,7 @@ TINY_STEPS = 3
 # 50x slower, and one thread keeps results independent of the core count (subprocesses get
 # OMP_NUM_THREADS=1 to match, see genlab_env).
 from genlab.eval.features import single_thread as one_thread  # noqa: E402
+from text_helpers import corpus_file  # noqa: E402
 
 
 def genlab_env() -> dict[str, str]:
@@ -108,3 +109,9 @@ def digits_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "digits"
     with one_thread():
         return train_tiny(DIGITS_CONFIG, out, *TINY_UNET, f"trainer.max_steps={TINY_STEPS}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A small text file (text_helpers.CORPUS) for the text families' tests, one per test module."""
+    return corpus_file(tmp_path_factory.mktemp("corpus"))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import CONFIGS, one_thread
-from text_helpers import corpus_file, text_overrides
+from text_helpers import text_overrides
 
 from genlab.data import load_dataset
 from genlab.data.batches import StepBatches
@@ -28,11 +28,6 @@ MDLM_CONFIG = CONFIGS / "shakespeare-char-mdlm.yaml"
 def _one_thread():
     with one_thread():
         yield
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return corpus_file(tmp_path_factory.mktemp("corpus"))
 
 
 def mdlm_config(corpus: Path, *more: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import CONFIGS, genlab_cmd, one_thread
 from test_cli import CLICapture, assert_user_error
-from text_helpers import corpus_file, text_overrides
+from text_helpers import text_overrides
 
 from genlab.cli import main
 from genlab.data.infill import InfillTemplate
@@ -29,11 +29,6 @@ def _one_thread():
 @pytest.fixture
 def cli(capsys, caplog) -> CLICapture:
     return CLICapture(capsys, caplog)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return corpus_file(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")

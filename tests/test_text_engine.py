@@ -43,11 +43,6 @@ def _one_thread():
         yield
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return corpus_file(tmp_path_factory.mktemp("corpus"))
-
-
 def gpt_config(corpus: Path, *more: str):
     return load_config(GPT_CONFIG, text_overrides(corpus, *more))
 

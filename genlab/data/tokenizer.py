@@ -105,9 +105,18 @@ def _check_ids(ids: Sequence[int], vocab_size: int) -> None:
 
 
 class _SavedTokenizer(ABC):
-    """What both tokenizers share: JSON save and load, and equality of their JSON forms."""
+    """What both tokenizers share: special-token ids, JSON save and load, and equality of their JSON forms."""
 
     kind = "?"
+    specials: tuple[str, ...]
+    _special_ids: dict[str, int]
+
+    def special_id(self, name: str) -> int:
+        """The id of special token ``name``."""
+        try:
+            return self._special_ids[name]
+        except KeyError:
+            raise KeyError(f"this tokenizer has no special token {name!r}; it has {list(self.specials)}") from None
 
     @abstractmethod
     def to_dict(self) -> dict:
@@ -167,13 +176,6 @@ class CharTokenizer(_SavedTokenizer):
     def vocab_size(self) -> int:
         """Characters plus special tokens."""
         return len(self._itos)
-
-    def special_id(self, name: str) -> int:
-        """The id of special token ``name``."""
-        try:
-            return self._special_ids[name]
-        except KeyError:
-            raise KeyError(f"this tokenizer has no special token {name!r}; it has {list(self.specials)}") from None
 
     def encode(self, text: str) -> list[int]:
         """Ids of the characters of ``text``, read literally (special-token names are plain characters here)."""
@@ -252,13 +254,6 @@ class BPETokenizer(_SavedTokenizer):
     def vocab_size(self) -> int:
         """Special tokens, the 256 bytes and the learned merges."""
         return self.tk.get_vocab_size(with_added_tokens=True)
-
-    def special_id(self, name: str) -> int:
-        """The id of special token ``name``."""
-        try:
-            return self._special_ids[name]
-        except KeyError:
-            raise KeyError(f"this tokenizer has no special token {name!r}; it has {list(self.specials)}") from None
 
     def encode(self, text: str) -> list[int]:
         """Ids of ``text`` (any string; read literally)."""

@@ -7,7 +7,6 @@ The metrics themselves (tensors in, numbers out, each beside its real-vs-real fl
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import math
 import os
@@ -100,13 +99,11 @@ def held_out_bits_per_dim(model, data: DataSpec, n: int, seed: int = 0, with_std
     """
     test = load_dataset(data, REAL_SPLIT)
     x = test.x[torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]]
-    g = torch.Generator().manual_seed(seed)
+    values, stderr = model.log_likelihood_estimate(x, generator=torch.Generator().manual_seed(seed))
+    mean = float(values.mean())
     if not with_stderr:
-        return float(model.log_likelihood(x, generator=g).mean())
-    if "with_stderr" not in inspect.signature(model.log_likelihood).parameters:
-        return float(model.log_likelihood(x, generator=g).mean()), None
-    est = model.log_likelihood(x, generator=g, with_stderr=True)
-    return float(est.value.mean()), float(est.stderr.square().sum().sqrt() / len(x))
+        return mean
+    return mean, None if stderr is None else float(stderr.square().sum().sqrt() / len(x))
 
 
 def write_plot(samples: Tensor, data: DataSpec, path: Path) -> Path:

@@ -122,6 +122,12 @@ class GenerativeModule(pl.LightningModule):
             opts[key] = declared[key].check(value)
         return opts
 
+    def log_likelihood_estimate(self, x: Tensor, *, generator: torch.Generator | None = None
+                                ) -> tuple[Tensor, Tensor | None]:
+        """`log_likelihood(x)` (bits/dim per example) and its Monte-Carlo standard error per example, or None where
+        the family's estimate has none (exact, or a bound without a spread); a family with one overrides this."""
+        return self.log_likelihood(x, generator=generator), None
+
     def preview(self, samples: Tensor, stem: Path) -> Path:
         """Write samples for a person to look at, at `stem` plus a suffix: an image grid (images) or a
         scatter plot (2-D points) by default; a text family writes text. Returns the path written."""

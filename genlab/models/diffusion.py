@@ -191,6 +191,12 @@ class DiffusionModel(GenerativeModule):
         """Denoiser calls per sample of `sample(sampler=..., steps=...)` (guidance batches both branches in one)."""
         return network_evaluations(sampler or self.spec.sampler, steps or self.spec.steps)
 
+    def log_likelihood_estimate(self, x: Tensor, *, generator: torch.Generator | None = None
+                                ) -> tuple[Tensor, Tensor | None]:
+        """Bits/dim by the probability-flow ODE and the standard error of its Hutchinson probes, per example."""
+        est = self.log_likelihood(x, generator=generator, with_stderr=True)
+        return est.value, est.stderr
+
     def log_likelihood(
         self,
         x: Tensor,
