@@ -2,6 +2,7 @@
 
     genlab compare --data digits --families diffusion,gan,vae,pixelcnn,rbm --budget 10m --seeds 3 --out reports/digits
     genlab compare --data 8gaussians --budget-images 200000 --out reports/8g optim.lr=1e-3
+    genlab compare --data pydocs --families gpt,mdlm --budget 5m --seeds 2 --out reports/pydocs
 
 Thin by design: parsing here, everything else in `genlab.experiments.compare` (plan, execute, score,
 conclude, report). Nothing heavy is imported to build the parser.
@@ -20,6 +21,7 @@ from genlab.experiments.compare.defaults import (
     DEFAULT_BUDGET_SECONDS,
     DEFAULT_FAMILIES,
     DEFAULT_STEPS_GRID,
+    DEFAULT_TEXT_FAMILIES,
 )
 
 INTERRUPTED = 130  # the shell's exit status for Ctrl-C
@@ -49,10 +51,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides applied to every family, e.g. data.resolution=32 (they win over the budget)")
-    p.add_argument("--data", default="digits", help="digits, a 2-D toy (8gaussians, 25gaussians, ...) or folder:PATH "
-                                                     "(default digits)")
-    p.add_argument("--families", default=",".join(DEFAULT_FAMILIES),
-                   help=f"comma-separated families (default {','.join(DEFAULT_FAMILIES)})")
+    p.add_argument("--data", default="digits", help="digits, a 2-D toy (8gaussians, 25gaussians, ...), folder:PATH, "
+                                                     "or a text corpus: pydocs or text:PATH (default digits)")
+    p.add_argument("--families", default=None,
+                   help=f"comma-separated families (default {','.join(DEFAULT_FAMILIES)}; on text "
+                        f"{','.join(DEFAULT_TEXT_FAMILIES)})")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per family: 0..N-1 (default 3)")
     p.add_argument("--budget", metavar="DURATION", help="training time per run, e.g. 90s, 10m, 1h; evaluations during "
                                                         "training do not count (default 1m: a quick first look)")
@@ -79,6 +82,7 @@ def settings_from_args(args):
     # lazy: the settings module imports torch (seconds); `genlab --help` must not
     from genlab.experiments.compare.settings import (
         CompareSettings,
+        data_kind,
         default_config_dir,
         parse_budget,
     )
@@ -89,7 +93,10 @@ def settings_from_args(args):
         raise ConfigError("no configs/ folder found beside the installed genlab; give the folder of the "
                           "<data>-<family>.yaml configs with --config-dir")
     out = Path(args.out) if args.out else Path("reports") / args.data.replace(":", "-").replace("/", "-").strip("-.")
-    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    if args.families is None:
+        families = DEFAULT_TEXT_FAMILIES if data_kind(args.data) == "text" else DEFAULT_FAMILIES
+    else:
+        families = tuple(f.strip() for f in args.families.split(",") if f.strip())
     samplers = tuple(x.strip() for x in args.samplers.split(",") if x.strip()) if args.samplers else None
     return CompareSettings(data=args.data, families=families, seeds=args.seeds, out=out, config_dir=config_dir,
                            budget_seconds=budget, budget_images=args.budget_images, overrides=tuple(args.overrides),

@@ -23,6 +23,9 @@ class OptimSpec(Spec):
     """Optimiser, batch, learning-rate schedule, gradient clipping and EMA (applied by the trainer)."""
 
     lr: float = Field(1e-3, gt=0.0, le=10.0)
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="muon: Muon for the hidden weight matrices of a family that marks them (gpt, mdlm), "
+        "AdamW for the rest, at one rate (Muon's update scaled to AdamW's RMS)")
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
     batch_size: int = Field(128, ge=1, le=65_536, description="examples per optimiser step, all devices together")

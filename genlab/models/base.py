@@ -1,6 +1,6 @@
 """The face every family shares: a LightningModule holding `net` and, where the family keeps one, its
 EMA copy `ema_net`; `training_step`, `sample(n, **options)` with the options the family declares, and
-one optimiser set-up (one AdamW per parameter group the family names) driven by OptimSpec.
+one optimiser set-up (one AdamW, or Muon with AdamW, per parameter group the family names) driven by OptimSpec.
 
 The EMA *update rule* lives in the trainer (genlab/engine/callbacks.py); the module only owns the copy,
 so it is saved in the state dict, restored on resume, and used by `sample`.
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from genlab.data.base import DataInfo
 from genlab.errors import ConfigError
 from genlab.imageio import save_samples
+from genlab.models.optimizers import adamw, muon_adamw
 from genlab.models.options import SampleOption
 from genlab.models.specs import FAMILY_SAMPLE_OPTIONS
 
@@ -79,19 +80,27 @@ class GenerativeModule(pl.LightningModule):
         return [ParamGroup("net", self.net.parameters(), self.optim.lr)]
 
     def configure_optimizers(self):
-        """One AdamW per parameter group, each with linear warm-up, then constant or cosine decay."""
+        """One optimiser per parameter group (AdamW, or Muon with AdamW: `optim.optimizer`), each with linear
+        warm-up, then constant or cosine decay (genlab/models/optimizers.py)."""
         o = self.optim
         groups = self.optimizer_groups()
         factor = lr_multiplier(o.warmup_steps, o.lr_schedule, self.max_steps(), lambda: self.time_spent)
-        # foreach: one fused update over all tensors (PyTorch picks it by default on CUDA only; on
-        # the CPU the per-tensor loop cost 3% of a digits U-Net step)
-        kw = {"betas": tuple(o.betas), "weight_decay": o.weight_decay, "foreach": True}
+        kw = {"betas": tuple(o.betas), "weight_decay": o.weight_decay}
+
+        def build(group: ParamGroup, name: str | None = None) -> torch.optim.Optimizer:
+            params = list(group.params)
+            dicts = params if params and isinstance(params[0], dict) else [{"params": params}]
+            if name is not None:  # the group's name tells gradient hooks (on_before_optimizer_step) which net
+                dicts = [{**d, "name": name} for d in dicts]
+            if o.optimizer == "muon":
+                return muon_adamw(dicts, group.lr, family=self.FAMILY, **kw)
+            return adamw(dicts, group.lr, **kw)
+
         if len(groups) == 1:
-            opt = torch.optim.AdamW(groups[0].params, lr=groups[0].lr, **kw)
+            opt = build(groups[0])
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=factor)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        # The group's name tells gradient hooks (on_before_optimizer_step) which network they see.
-        opts = [torch.optim.AdamW([{"params": list(g.params), "name": g.name}], lr=g.lr, **kw) for g in groups]
+        opts = [build(g, g.name) for g in groups]
         scheds = [{"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor), "interval": "step"} for opt in opts]
         return opts, scheds
 

@@ -16,6 +16,7 @@ from genlab.data.infill import InfillTemplate
 from genlab.data.tokenizer import EOT, MASK, TextTokenizer
 from genlab.errors import ConfigError, DataError
 from genlab.models.base import GenerativeModule, ParamGroup
+from genlab.models.optimizers import MUON_KEY
 from genlab.models.options import BITS_PER_CHAR, BITS_PER_TOKEN
 from genlab.models.specs.gpt import TransformerFields
 from genlab.nn.transformer import Transformer, TransformerConfig
@@ -123,13 +124,14 @@ class TextModule(GenerativeModule, ABC):
         return path
 
     def optimizer_groups(self) -> list[ParamGroup]:
-        """One AdamW whose weight decay reaches only the hidden matrices (GPT-2, nanoGPT): embeddings, the
-        head (tied or not) and norm gains are not decayed unless `model.decay_embeddings`."""
-        decay, no_decay = [], []
+        """One optimiser whose weight decay reaches only the hidden matrices (GPT-2, nanoGPT): embeddings, the
+        head (tied or not) and norm gains are not decayed unless `model.decay_embeddings`. The hidden
+        matrices are marked for Muon (`optim.optimizer=muon`); the rest stays with AdamW."""
+        hidden, other = [], []
         for name, p in self.net.named_parameters():
-            hidden = p.dim() >= 2 and name.startswith("blocks.")
-            (decay if hidden or getattr(self.spec, "decay_embeddings", False) else no_decay).append(p)
-        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (hidden if p.dim() >= 2 and name.startswith("blocks.") else other).append(p)
+        decay_other = getattr(self.spec, "decay_embeddings", False)
+        groups = [{"params": hidden, MUON_KEY: True}, {"params": other, **({} if decay_other else {"weight_decay": 0.0})}]
         return [ParamGroup("net", [g for g in groups if g["params"]], self.optim.lr)]
 
     @contextlib.contextmanager

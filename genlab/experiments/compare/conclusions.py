@@ -29,16 +29,24 @@ ALPHA = 0.05  # significance level of the Welch t-test between the first two fam
 COST_METRICS = ("samples_per_s", "nfe")
 TRAINING_METRICS = ("train_steps", "images_seen", "train_seconds")
 LIKELIHOOD = "nll_bpd"
-UNRANKED = frozenset({"kid_std", "nfe", *TRAINING_METRICS})  # spreads, settings and budgets, not scores
-HIGHER = HIGHER_IS_BETTER | {"samples_per_s"}
-PRIMARY_METRIC = {"image": "fd", "vector": "mmd2"}
+#: a text comparison: the validation loss three ways (bits/char is the one ranked), then speed
+TEXT_METRICS = ("bits_per_char", "loss_per_token", "perplexity", "gen_tokens_per_s")
+TEXT_TRAINING_METRICS = ("train_steps", "tokens_seen", "train_seconds", "train_tokens_per_s")
+INFILL_PREFIX = "infill_"  # infill_exact_<span>, infill_token_acc_<span>: shares of spans (tokens) filled right
+# spreads, settings and budgets, not scores; loss per token and perplexity restate bits/char (ranked once)
+UNRANKED = frozenset({"kid_std", "nfe", *TRAINING_METRICS, "tokens_seen", "loss_per_token", "perplexity"})
+HIGHER = HIGHER_IS_BETTER | {"samples_per_s", "gen_tokens_per_s", "train_tokens_per_s"}
+PRIMARY_METRIC = {"image": "fd", "vector": "mmd2", "text": "bits_per_char"}
 RESULT_COLUMNS = ("family", "seed", "metric", "unit", "value", "floor", "better", "status", "diverged", "error")
 
 LABELS = {"fd": "FD", "kid": "KID", "kid_std": "KID std", "mmd2": "MMD^2", "sw": "sliced Wasserstein",
           "nll_bpd": "bits/dim", "samples_per_s": "samples/s", "nfe": "network evaluations per sample",
           "class_kl": "class KL", "class_coverage": "class coverage", "mode_coverage": "mode coverage",
           "high_quality": "high-quality share", "train_steps": "training steps", "images_seen": "images seen",
-          "train_seconds": "training seconds"}
+          "train_seconds": "training seconds", "bits_per_char": "validation bits/char",
+          "loss_per_token": "validation loss per token (nats)", "perplexity": "validation perplexity per token",
+          "gen_tokens_per_s": "generated tokens/s", "tokens_seen": "tokens seen",
+          "train_tokens_per_s": "training tokens/s"}
 
 
 def ranked_name(metric: str, unit: str | None) -> str:
@@ -56,6 +64,9 @@ def _base(metric: str) -> tuple[str, str | None]:
 def label(metric: str) -> str:
     """How the report names a metric ("bits/dim of binarised pixels" for a ranked name with a unit)."""
     name, unit = _base(metric)
+    if name.startswith(INFILL_PREFIX):  # infill_exact_4 -> "infill exact match, 4-token spans"
+        what, _, span = name[len(INFILL_PREFIX):].rpartition("_")
+        return f"infill {'exact match' if what == 'exact' else 'token accuracy'}, {span}-token spans"
     return LABELS.get(name, name) + (f" of {unit}" if unit else "")
 
 
@@ -64,11 +75,14 @@ def direction(metric: str) -> str:
     metric = _base(metric)[0]
     if metric in UNRANKED:
         return ""
-    return "higher" if metric in HIGHER else "lower"
+    return "higher" if metric in HIGHER or metric.startswith(INFILL_PREFIX) else "lower"
 
 
 def metric_names(kind: str) -> tuple[str, ...]:
-    """The metrics of results.csv for "image" or "vector" data, in report order."""
+    """The metrics of results.csv for "image", "vector" or "text" data, in report order (a text run's infill
+    metrics follow, one per span length it was scored on)."""
+    if kind == "text":
+        return (*TEXT_METRICS, *TEXT_TRAINING_METRICS)
     quality = IMAGE_METRICS if kind == "image" else POINT_METRICS
     return (*quality, LIKELIHOOD, *COST_METRICS, *TRAINING_METRICS)
 
@@ -78,7 +92,7 @@ def results_rows(results, kind: str) -> list[dict]:
 
     Args:
         results: RunResult objects (genlab/eval/compare.py).
-        kind: "image" or "vector" (which quality metrics every run should have).
+        kind: "image", "vector" or "text" (which quality metrics every run should have).
     """
     names = list(metric_names(kind))
     for r in results:

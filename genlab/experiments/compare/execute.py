@@ -47,7 +47,7 @@ from genlab import __version__
 from genlab.data import load_dataset
 from genlab.diffusion.samplers import SAMPLERS
 from genlab.engine.config import load_config
-from genlab.engine.runs import load_run_model, read_run
+from genlab.engine.runs import TOKENIZER_JSON, load_run_model, read_run
 from genlab.engine.trainer import train
 from genlab.errors import ConfigError, DataError
 from genlab.eval.scores import (
@@ -61,10 +61,12 @@ from genlab.eval.scores import (
 from genlab.experiments.compare.report import write_report
 from genlab.experiments.compare.scoring import (
     SAMPLES_NPZ,
+    SAMPLES_TXT,
     best_and_worst,
     divergence,
     loss_nan_count,
     score_run,
+    score_text_run,
     timed_sample,
     training_record,
     training_started,
@@ -125,7 +127,7 @@ def fresh_folder(folder: Path) -> None:
     if not folder.exists():
         return
     known = {"config.yaml", "run.json", TRAIN_LOG, "checkpoints", "samples", "metrics.csv", "tb", "eval.csv",
-             SAMPLES_NPZ, RESULT_JSON, "hparams.yaml"}
+             SAMPLES_NPZ, SAMPLES_TXT, RESULT_JSON, "hparams.yaml", TOKENIZER_JSON}
     strangers = [p.name for p in folder.iterdir() if p.name not in known and not p.name.startswith(".")]
     if strangers:
         raise ConfigError(f"{folder} holds files that a compare run does not write ({', '.join(strangers[:3])}); "
@@ -161,11 +163,15 @@ def run_one(plan: RunPlan, s: CompareSettings, say: Callable[[str], None]) -> Ru
     else:
         say("trained earlier; scoring again (the scoring settings changed)")
     try:
-        scores = score_run(plan.folder, s.n, s.nll_n, plan.seed)
+        if data_kind(s.data) == "text":
+            scores = score_text_run(plan.folder, plan.seed)
+        else:
+            scores = score_run(plan.folder, s.n, s.nll_n, plan.seed)
         record = training_record(plan.folder, plan.batch_size)
     except Exception as err:  # noqa: BLE001 - a family whose sampling crashes is reported, the others go on
         scores, record = {"status": "failed", "error": f"{type(err).__name__}: {err}"}, {}
-    for key in ("status", "error", "floor", "class_counts", "mode_counts", "n_scored", "likelihood", "likelihood_unit"):
+    for key in ("status", "error", "floor", "class_counts", "mode_counts", "n_scored", "likelihood", "likelihood_unit",
+                "bound", "infill_method"):
         if key in scores:
             setattr(result, key, scores[key])
     result.metrics = {**scores.get("metrics", {}), **record}

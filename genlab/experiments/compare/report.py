@@ -9,10 +9,7 @@ self-contained: the pages link figures/ by relative paths. Conclusions come from
 from __future__ import annotations
 
 import csv
-import html
 import io
-import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +25,17 @@ from genlab.engine.runs import load_run_model, read_run
 from genlab.eval import toy as T
 from genlab.eval.scores import IMAGE_METRICS, POINT_METRICS
 from genlab.experiments.compare import figures as F
+from genlab.experiments.compare.blocks import (
+    figure_block,
+    mean_of,
+    metric_table,
+    reproduce_blocks,
+    runs_table,
+    to_html,
+    to_markdown,
+    values,
+    write_text,
+)
 from genlab.experiments.compare.conclusions import (
     ALPHA,
     LIKELIHOOD,
@@ -43,10 +51,10 @@ from genlab.experiments.compare.conclusions import (
 )
 from genlab.experiments.compare.scoring import SAMPLES_NPZ, best_and_worst
 from genlab.experiments.compare.settings import data_kind
+from genlab.experiments.compare.text_report import text_report_blocks
 from genlab.models.registry import family_class
 
-logger = logging.getLogger("genlab")
-RESULTS_CSV, REPORT_MD, REPORT_HTML, FIGURES = "results.csv", "report.md", "report.html", "figures"
+RESULTS_CSV, REPORT_MD, REPORT_HTML = "results.csv", "report.md", "report.html"
 QUICK_LOOK_SECONDS = 60.0  # budgets up to this are called a quick first look
 COVERAGE_METRICS = {"image": ("class_coverage", "class_kl", "recall", "coverage"),
                     "vector": ("mode_coverage", "high_quality")}
@@ -62,10 +70,10 @@ def write_report(inputs: dict) -> dict[str, Path]:
     out = Path(s.out)
     csv_path = write_results_csv(rows, out / RESULTS_CSV)
     problems: list[str] = []
-    blocks = report_blocks(inputs, kind, rows, problems)
+    blocks = (text_report_blocks if kind == "text" else report_blocks)(inputs, kind, rows, problems)
     md_path, html_path = out / REPORT_MD, out / REPORT_HTML
-    _write_text(md_path, to_markdown(blocks))
-    _write_text(html_path, to_html(blocks, title=f"genlab compare: {s.data}"))
+    write_text(md_path, to_markdown(blocks))
+    write_text(html_path, to_html(blocks, title=f"genlab compare: {s.data}"))
     return {"csv": csv_path, "md": md_path, "html": html_path, "problems": problems}
 
 
@@ -77,7 +85,7 @@ def write_results_csv(rows: list[dict], path: Path) -> Path:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else (repr(row[k]) if isinstance(row[k], float) else row[k]))
                          for k in RESULT_COLUMNS})
-    _write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue())
     return path
 
 
@@ -85,13 +93,6 @@ def read_results_csv(path: Path) -> list[dict]:
     """The rows of a results.csv (values as text, as conclusions() accepts them)."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- the blocks
@@ -108,16 +109,9 @@ def report_blocks(inputs: dict, kind: str, rows: list[dict], problems: list[str]
     primary = PRIMARY_METRIC[kind]
 
     def figure(name: str, caption: str, draw) -> list[tuple]:
-        """Draw one figure; a figure that fails is named in the report, the rest goes on."""
-        try:
-            path = draw(out / FIGURES / name)
-        except Exception as err:  # a broken figure must not cost the report
-            problems.append(f"figure {name}: {type(err).__name__}: {err}")
-            logger.debug("figure %s failed", name, exc_info=True)
-            return [("p", f"(figure {name} could not be drawn: {type(err).__name__}: {err})")]
-        return [] if path is None else [("img", f"{FIGURES}/{name}", caption)]
+        return figure_block(out, problems, name, caption, draw)
 
-    values = _values(rows)
+    per_family = values(rows)
     by_family = {f: [(r.seed, Path(r.folder)) for r in results if r.family == f and r.status != "failed"]
                  for f in families}
     quick = s.budget_seconds is not None and s.budget_images is None and s.budget_seconds <= QUICK_LOOK_SECONDS
@@ -142,12 +136,12 @@ def report_blocks(inputs: dict, kind: str, rows: list[dict], problems: list[str]
         ("p", "Every `genlab eval` metric, mean ± standard deviation over seeds. 'Real data' is the floor: the "
               "same metric for real training-split data against the same held-out data."),
         *figure("quality.png", "Mean over seeds (bars), each seed (dots), seed spread (error bars), real data "
-                "(dashed).", lambda p: F.metric_bars(table, values, [m for m in _quality(kind) if direction(m)],
+                "(dashed).", lambda p: F.metric_bars(table, per_family, [m for m in _quality(kind) if direction(m)],
                                                       floor, colours, p)),
-        ("table", *_metric_table(table, floor, list(_quality(kind)), families)),
+        ("table", *metric_table(table, floor, list(_quality(kind)), families)),
         ("h2", "Mode coverage"),
         *_coverage(results, families, kind, colours, figure),
-        ("table", *_metric_table(table, floor, list(COVERAGE_METRICS[kind]), families)),
+        ("table", *metric_table(table, floor, list(COVERAGE_METRICS[kind]), families)),
         ("h2", "Training stability"),
         *figure("curves.png", f"{label(primary)} during training for every seed against training time.",
                 lambda p: F.training_curves(by_family, primary, floor.get(primary), colours, p)),
@@ -163,8 +157,8 @@ def report_blocks(inputs: dict, kind: str, rows: list[dict], problems: list[str]
               f"(torch threads: {env.get('torch_threads')}; training may have used a GPU, scoring does not), and "
               "network evaluations per sample."),
         *figure("cost.png", "Sampling speed (log scale).",
-                lambda p: F.metric_bars(table, values, ["samples_per_s", "nfe"], {}, colours, p, cols=2)),
-        ("table", *_metric_table(table, {}, ["samples_per_s", "nfe"], families)),
+                lambda p: F.metric_bars(table, per_family, ["samples_per_s", "nfe"], {}, colours, p, cols=2)),
+        ("table", *metric_table(table, {}, ["samples_per_s", "nfe"], families)),
     ]
     if curves:
         blocks += figure("steps.png", "Quality and speed against sampling steps, every sampler, on the best seed.",
@@ -178,18 +172,8 @@ def report_blocks(inputs: dict, kind: str, rows: list[dict], problems: list[str]
               "The conclusions rank bits/dim only within one unit. Bounds and estimates are not exact likelihoods: see each family's note."),
         ("table", *_likelihood_table(results, families, table)),
         ("h2", "Runs"),
-        ("table", *_runs_table(results)),
-        ("h2", "Reproduce"),
-        ("code", s.command()),
-        ("ul", [f"machine: {env.get('cpu')}, {env.get('cores')} cores"
-                + (f", GPU {env['gpu']}" if env.get("gpu") else "") + f"; {env.get('platform')}",
-                f"versions: genlab {env.get('genlab')}"
-                + (f" (commit {env['git_commit']})" if env.get("git_commit") else "")
-                + f", torch {env.get('torch')}, lightning {env.get('lightning')}, numpy {env.get('numpy')}, "
-                  f"python {env.get('python')}",
-                f"date: {env.get('date')}",
-                f"configs: {s.config_dir}; overrides given: {' '.join(s.overrides) or 'none'}",
-                "results.csv: one row per family x seed x metric (blank values: no value)"]),
+        ("table", *runs_table(results)),
+        *reproduce_blocks(s, env),
     ]
     if problems:
         blocks += [("h2", "Problems while writing this report"), ("ul", list(problems))]
@@ -198,27 +182,6 @@ def report_blocks(inputs: dict, kind: str, rows: list[dict], problems: list[str]
 
 def _quality(kind: str) -> tuple[str, ...]:
     return IMAGE_METRICS if kind == "image" else POINT_METRICS
-
-
-def _values(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
-    out: dict[str, dict[str, list[float]]] = {}
-    for row in rows:
-        if row["status"] == "ok" and row["value"] is not None:
-            out.setdefault(row["metric"], {}).setdefault(row["family"], []).append(float(row["value"]))
-    return out
-
-
-def _metric_table(table, floor, metrics: list[str], families: list[str]) -> tuple[list, list]:
-    """Metric rows x family columns of "mean ± std" (scores) or the mean (settings such as NFE)."""
-    with_floor = any(m in floor for m in metrics)
-    header = ["metric", "better", *families, *["real data"] * with_floor]
-    rows = []
-    for m in metrics:
-        by_family = table.get(m, {})
-        cells = [(by_family[f].text() if direction(m) else fmt(by_family[f].mean)) if f in by_family else ""
-                 for f in families]
-        rows.append([label(m), direction(m) or "-", *cells, *[fmt(floor.get(m))] * with_floor])
-    return header, rows
 
 
 def _stability_table(results, families, table, primary) -> tuple[list, list]:
@@ -231,14 +194,8 @@ def _stability_table(results, families, table, primary) -> tuple[list, list]:
         spread = table.get(primary, {}).get(f)
         rows.append([f, len(runs), len(bad), "; ".join(sorted({r.diverged_reason or "" for r in bad})),
                      fmt(spread.std, 2) if spread is not None and spread.n > 1 else "",
-                     *[_mean_of(runs, key) for key in ("train_steps", "images_seen", "train_seconds")]])
+                     *[mean_of(runs, key) for key in ("train_steps", "images_seen", "train_seconds")]])
     return header, rows
-
-
-def _mean_of(runs, key: str) -> str:
-    """The mean of a run metric over the runs that have it ("" when none does)."""
-    xs = [r.metrics[key] for r in runs if isinstance(r.metrics.get(key), (int, float))]
-    return fmt(sum(xs) / len(xs)) if xs else ""
 
 
 def _steps_table(curves: dict, primary: str) -> tuple[list, list]:
@@ -256,13 +213,6 @@ def _likelihood_table(results, families, table) -> tuple[list, list]:
     by_family = table.get(LIKELIHOOD, {})
     return header, [[f, by_family[f].text() if f in by_family else "", units.get(f, "") if f in by_family else "",
                      notes.get(f) or ("" if f in by_family else "no likelihood")] for f in families]
-
-
-def _runs_table(results) -> tuple[list, list]:
-    header = ["run", "status", "steps", "training s", "diverged", "error"]
-    rows = [[Path(r.folder).name, r.status, r.metrics.get("train_steps", ""), fmt(r.metrics.get("train_seconds")),
-             r.diverged_reason or "", r.error or ""] for r in results]
-    return header, rows
 
 
 # ---------------------------------------------------------------- picture helpers
@@ -363,75 +313,3 @@ def _interpolation_figure(folder: Path, path: Path) -> Path:
     ends = test.x[idx].reshape(INTERPOLATION_PAIRS, 2, *test.shape)
     result = interpolate_latents(model, rows=INTERPOLATION_PAIRS, steps=INTERPOLATION_STEPS, ends=ends, generator=g)
     return save_interpolation(result, path, reference=test.x)
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def to_markdown(blocks: list[tuple]) -> str:
-    """The blocks as GitHub-flavoured Markdown."""
-    out = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h1":
-            out.append(f"# {block[1]}")
-        elif kind == "h2":
-            out.append(f"## {block[1]}")
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            out.append("\n".join(lines))
-        elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})\n\n*{block[2]}*")
-        elif kind == "code":
-            out.append(f"```\n{block[1]}\n```")
-    return "\n\n".join(out) + "\n"
-
-
-def _md_cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.7em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}th,td{border:1px solid #ddd;padding:0.25em 0.6em;
-text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}figure{margin:1em 0}
-img{max-width:100%}figcaption{color:#555;font-size:0.9em}pre{background:#f6f6f6;padding:0.8em;overflow-x:auto}
-li{margin:0.3em 0}"""
-
-
-def _inline(text: str) -> str:
-    """Escaped text with Markdown's `code` spans as <code> elements."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def to_html(blocks: list[tuple], title: str) -> str:
-    """The blocks as one HTML page (figures linked from figures/, styles inline)."""
-    e = html.escape
-    out = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>{e(title)}</title>"
-           f"<style>{CSS}</style></head>\n<body>"]
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{e(block[1])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{_inline(block[1])}</p>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block[1]) + "</ul>")
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            head = "".join(f"<th>{e(str(h))}</th>" for h in header)
-            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "img":
-            out.append(f"<figure><img src=\"{e(block[1])}\" alt=\"{e(block[2])}\">"
-                       f"<figcaption>{e(block[2])}</figcaption></figure>")
-        elif kind == "code":
-            out.append(f"<pre><code>{e(block[1])}</code></pre>")
-    out.append("</body>\n</html>\n")
-    return "\n".join(out)

@@ -25,6 +25,7 @@ from genlab.engine.checkpoint import (
 )
 from genlab.engine.evaluate import held_out_bits_per_dim
 from genlab.engine.runs import CHECKPOINTS, load_run_model, read_run
+from genlab.engine.text_eval import infill_scores, text_scores
 from genlab.errors import DataError
 from genlab.eval import toy as T
 from genlab.eval.features import build_evaluator, single_thread
@@ -43,17 +44,25 @@ if TYPE_CHECKING:
     from genlab.experiments.compare.settings import RunResult
 
 SAMPLES_NPZ = "compare-samples.npz"  # the samples drawn for the report's pictures (64 images or every point)
+SAMPLES_TXT = "compare-samples.txt"  # a text run's generated samples, for the report (separated by TEXT_SEPARATOR)
+TEXT_SEPARATOR = "\n\n=====\n\n"
+TEXT_GEN_N, TEXT_INFILL_N, TEXT_SHOWN = 16, 64, 3  # texts generated (timed), infill windows, texts shown
 MIN_CLASSES = 3  # a run whose samples cover fewer classes (or toy modes) than this has collapsed
 TIMING_SECONDS, TIMING_REPEATS = 1.0, 20  # sampling speed: repeat calls until this long (or this many)
 
 
 def training_record(folder: Path, batch_size: int) -> dict:
-    """Steps, images seen and training seconds of a finished run, read from its newest checkpoint."""
+    """Steps, images (text: tokens) seen and training seconds of a finished run, read from its newest checkpoint."""
     state = load_checkpoint(latest_checkpoint(folder / CHECKPOINTS))
     steps = int(state.get("global_step", 0))
     seconds = state.get("callbacks", {}).get("StopConditions", {}).get("train_seconds")
-    return {"train_steps": steps, "images_seen": steps * batch_size,
-            "train_seconds": None if seconds is None else float(seconds)}
+    seconds = None if seconds is None else float(seconds)
+    _, info = read_run(folder)
+    if info.modality != "tokens":
+        return {"train_steps": steps, "images_seen": steps * batch_size, "train_seconds": seconds}
+    tokens = steps * batch_size * info.shape[0]  # every window predicts seq_len tokens
+    return {"train_steps": steps, "tokens_seen": tokens, "train_seconds": seconds,
+            "train_tokens_per_s": tokens / seconds if seconds else None}
 
 
 def training_started(folder: Path) -> bool:
@@ -107,6 +116,40 @@ def score_run(folder: Path, n: int, nll_n: int, seed: int) -> dict:
     if nll_n and hasattr(model, "log_likelihood"):
         out["metrics"]["nll_bpd"] = held_out_bits_per_dim(model, cfg.data, nll_n, seed)
     return out
+
+
+def score_text_run(folder: Path, seed: int) -> dict:
+    """Score a finished text run: the validation loss (`genlab eval`'s, a bound for MDLM), infill accuracy
+    on TEXT_INFILL_N held-out windows per span length, and TEXT_GEN_N generated texts, timed (tokens/s).
+
+    Returns:
+        the same keys as `score_run`; metrics: bits_per_char, loss_per_token, perplexity,
+        infill_exact_<span>, infill_token_acc_<span>, gen_tokens_per_s; plus "bound" and "infill_method".
+    """
+    cfg, _ = read_run(folder)
+    model = load_run_model(folder)
+    val = load_dataset(cfg.data, REAL_SPLIT, tokenizer=model.tokenizer)
+    loss = text_scores(model, val, seed=seed)
+    infill = infill_scores(model, val, n=TEXT_INFILL_N, seed=seed)
+    samples, per_second = timed_sample(model, TEXT_GEN_N, seed)
+    texts = [model.decode(row) for row in samples[:TEXT_SHOWN].tolist()]
+    (folder / SAMPLES_TXT).write_text(TEXT_SEPARATOR.join(texts), encoding="utf-8")
+    metrics = {k: loss[k] for k in ("bits_per_char", "loss_per_token", "perplexity")}
+    for span, acc in infill["infill"].items():
+        metrics[f"infill_exact_{span}"] = acc["exact_match"]
+        metrics[f"infill_token_acc_{span}"] = acc["token_accuracy"]
+    metrics["gen_tokens_per_s"] = per_second * samples.shape[1]  # texts/s x new tokens per text
+    return {"status": "ok", "error": None, "metrics": metrics, "floor": {}, "class_counts": None, "mode_counts": None,
+            "n_scored": TEXT_GEN_N, "likelihood": model.LIKELIHOOD, "likelihood_unit": model.likelihood_unit,
+            "bound": bool(loss["bound"]), "infill_method": infill["infill_method"]}
+
+
+def read_text_samples(folder: Path) -> list[str]:
+    """The generated texts a compare run kept for the report ([] when there are none)."""
+    try:
+        return (Path(folder) / SAMPLES_TXT).read_text(encoding="utf-8").split(TEXT_SEPARATOR)
+    except OSError:
+        return []
 
 
 def timed_sample(model, n: int, seed: int, **opts):

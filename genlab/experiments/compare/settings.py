@@ -18,6 +18,7 @@ import genlab
 from genlab import __version__
 from genlab.data.folder import FOLDER_PREFIX, folder_path
 from genlab.data.registry import DATASETS
+from genlab.data.tokens import TEXT_PREFIX, is_text_name
 from genlab.data.toys import TOYS
 from genlab.diffusion.samplers import get_sampler
 from genlab.engine.config import load_config, parse_override
@@ -26,12 +27,13 @@ from genlab.experiments.compare.defaults import (
     DEFAULT_BUDGET_SECONDS,
     DEFAULT_STEPS_GRID,
 )
-from genlab.models.specs import FAMILY_SPECS
+from genlab.models.specs import FAMILY_SPECS, TEXT_FAMILIES
 
 RUNS, RESULT_JSON, TRAIN_LOG, SETTINGS_JSON = "runs", "compare-result.json", "train.log", "compare.json"
 MAX_STEPS = 100_000_000  # "unlimited" under a time budget (the largest trainer.max_steps allowed)
 CURVE_POINTS = 5  # evaluations during training per run (the stability curves)
-IMAGE_BASE, VECTOR_BASE = "digits", "8gaussians"  # whose configs other datasets of each kind borrow
+#: whose configs other datasets of each kind borrow
+BASE_CONFIG_DATA = {"image": "digits", "vector": "8gaussians", "text": "pydocs"}
 BUDGET_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -128,6 +130,8 @@ class RunResult:
     n_scored: int = 0  # samples drawn and scored (the denominator of the histograms)
     likelihood: str | None = None  # what the family's log_likelihood measures
     likelihood_unit: str | None = None  # what its bits/dim are bits of (models.base.BPD_UNITS)
+    bound: bool | None = None  # text: whether its bits/char are an upper bound (MDLM's ELBO) rather than exact
+    infill_method: str | None = None  # text: how the family fills a span (models.text.TextModule.INFILL_METHOD)
     train_key: str = ""
     eval_key: str = ""
 
@@ -158,8 +162,11 @@ def parse_budget(text: str) -> float:
 
 
 def data_kind(data: str) -> str:
-    """"vector" for the built-in 2-D toys, "image" for digits and folders (known without loading them)."""
-    return "vector" if data in TOYS else "image"
+    """"vector" for the built-in 2-D toys, "text" for a corpus (pydocs, text:PATH), "image" for digits and
+    folders (known without loading them)."""
+    if data in TOYS:
+        return "vector"
+    return "text" if is_text_name(data) else "image"
 
 
 def default_config_dir() -> Path | None:
@@ -170,13 +177,12 @@ def default_config_dir() -> Path | None:
 
 def family_config(family: str, data: str, config_dir: Path) -> tuple[Path, tuple[str, ...]]:
     """The config of `family` on `data`: configs/<data>-<family>.yaml when it exists, else the family's
-    digits (image data) or 8gaussians (vector data) config with `data.name` overridden."""
+    digits (image data), 8gaussians (vector data) or pydocs (text) config with `data.name` overridden."""
     if ":" not in data and "/" not in data:
         own = config_dir / f"{data}-{family}.yaml"
         if own.is_file():
             return own, ()
-    base = IMAGE_BASE if data_kind(data) == "image" else VECTOR_BASE
-    return config_dir / f"{base}-{family}.yaml", (f"data.name={data}",)
+    return config_dir / f"{BASE_CONFIG_DATA[data_kind(data)]}-{family}.yaml", (f"data.name={data}",)
 
 
 def check_settings(s: CompareSettings) -> None:
@@ -193,9 +199,19 @@ def check_settings(s: CompareSettings) -> None:
     if s.budget_seconds is None and s.budget_images is None:
         raise ConfigError("give a budget: --budget 10m (training time) or --budget-images N")
 
+    text = data_kind(s.data) == "text"
+    wrong = [f for f in s.families if (f in TEXT_FAMILIES) != text]
+    if wrong:
+        what = "a text corpus" if text else "image and 2-D data"
+        fit = ",".join(TEXT_FAMILIES) if text else ",".join(f for f in FAMILY_SPECS if f not in TEXT_FAMILIES)
+        raise ConfigError(f"--families {','.join(wrong)} cannot train on --data {s.data} ({what}); choose among {fit}")
     if s.data.startswith(FOLDER_PREFIX):
         if not folder_path(s.data).is_dir():
             raise DataError(f"--data {s.data}: {folder_path(s.data)} is not a folder")
+    elif s.data.startswith(TEXT_PREFIX):
+        if not Path(s.data[len(TEXT_PREFIX):]).exists():
+            raise DataError(f"--data {s.data}: {s.data[len(TEXT_PREFIX):]} does not exist; give a UTF-8 file, a "
+                            f"folder of .txt files or a .jsonl")
     elif s.data not in DATASETS:
         raise ConfigError(f"{unknown_name_error('dataset', s.data, DATASETS)}; or {FOLDER_PREFIX}PATH for a folder")
     if not s.config_dir.is_dir():
@@ -292,7 +308,8 @@ def summary_line(r: RunResult) -> str:
     """A one-line verdict of a scored run for the progress output."""
     if r.status == "failed":
         return f"FAILED: {r.error}"
-    shown = [f"{k} {r.metrics[k]:.4g}" for k in ("fd", "mmd2", "mode_coverage", "class_coverage", "samples_per_s")
+    shown = [f"{k} {r.metrics[k]:.4g}" for k in ("fd", "mmd2", "mode_coverage", "class_coverage", "samples_per_s",
+                                                 "bits_per_char", "infill_token_acc_4", "gen_tokens_per_s")
              if isinstance(r.metrics.get(k), (int, float))]
     steps = r.metrics.get("train_steps")
     tail = f"; DIVERGED: {r.diverged_reason}" if r.diverged else ""
