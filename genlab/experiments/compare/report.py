@@ -31,10 +31,7 @@ from genlab.experiments.compare.blocks import (
     metric_table,
     reproduce_blocks,
     runs_table,
-    to_html,
-    to_markdown,
     values,
-    write_text,
 )
 from genlab.experiments.compare.conclusions import (
     ALPHA,
@@ -52,6 +49,7 @@ from genlab.experiments.compare.conclusions import (
 from genlab.experiments.compare.scoring import SAMPLES_NPZ, best_and_worst
 from genlab.experiments.compare.settings import data_kind
 from genlab.experiments.compare.text_report import text_report_blocks
+from genlab.experiments.pages import to_html, to_markdown, write_text
 from genlab.models.registry import family_class
 
 RESULTS_CSV, REPORT_MD, REPORT_HTML = "results.csv", "report.md", "report.html"
