@@ -37,6 +37,7 @@ from genlab.engine.checkpoint import latest_checkpoint, load_checkpoint  # noqa:
 #: each variant changes one thing of the baseline config (the config as committed)
 VARIANTS: dict[str, tuple[str, ...]] = {
     "baseline": (),
+    "baseline_seed1": ("seed=1",),  # the same config, another seed: the noise floor of the loss column
     "no_zero_init": ("model.zero_init=false",),
     "qk_norm": ("model.qk_norm=true",),
     "relu2": ("model.mlp=relu2",),
