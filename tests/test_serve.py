@@ -385,3 +385,47 @@ def test_serve_without_the_extra_or_a_folder_is_one_line(monkeypatch, capsys, tm
     assert main(["serve", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'genlab[serve]'" in err
+
+
+def test_other_hosts_and_oversized_bodies_are_refused(serve_root):
+    from genlab.serve.app import LOOPBACK_HOSTS, MAX_BODY_BYTES
+
+    with TestClient(create_app([serve_root], allowed_hosts=LOOPBACK_HOSTS), base_url="http://127.0.0.1:8765") as c:
+        assert c.get("/api/runs").status_code == 200
+        assert c.get("/api/runs", headers={"Host": "localhost:8765"}).status_code == 200
+        # a page that rebinds its own name to 127.0.0.1 sends that name
+        assert c.get("/api/runs", headers={"Host": "attacker.example:8765"}).status_code == 400
+        big = json.dumps({"run": "digits", "options": {"prompt": "x" * MAX_BODY_BYTES}})
+        r = c.post("/api/sample", content=big, headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and "over 1048576 bytes" in r.json()["error"]
+        chunked = c.post("/api/sample", content=iter([b'{"run": "digits"}']))  # no Content-Length
+        assert chunked.status_code == 411
+
+
+@pytest.fixture(scope="module")
+def family_root(tmp_path_factory):
+    """Tiny runs of the other families on 8 Gaussians (a few steps each)."""
+    from conftest import CONFIGS
+
+    from genlab.engine.config import load_config
+    from genlab.engine.trainer import train
+
+    root = tmp_path_factory.mktemp("families")
+    tiny = ["optim.batch_size=64", "trainer.progress=false", "trainer.sample_every=100000", "trainer.max_steps=2"]
+    for family in ("vae", "gan", "rbm"):
+        train(load_config(CONFIGS / f"8gaussians-{family}.yaml", [*tiny, "model.hidden=16"]), root / family)
+    return root
+
+
+@pytest.mark.parametrize("family,options", [("vae", {"temperature": 0.5}), ("gan", {}), ("rbm", {"steps": 3})])
+def test_other_families_sample_with_their_own_options(family_root, family, options):
+    with TestClient(create_app([family_root])) as c:
+        body = c.get(f"/api/runs/{family}/options").json()
+        assert [o["name"] for o in body["options"]] == [o.name for o in FAMILY_SAMPLE_OPTIONS[family]]
+        job = sample(c, run=family, n=8, seed=4, options=options)
+        assert job["state"] == "done", job
+        model = load_run_model(family_root / family)
+        expected = sample_picture(model.sample(8, generator=torch.Generator().manual_seed(4), **options))
+        assert np.array_equal(np.asarray(png(c, job)), np.asarray(expected))
+        r = c.post("/api/sample", json={"run": family, "options": {"sampler": "euler"}})
+        assert r.status_code == 400 and f"does not apply to the {family} family" in r.json()["error"]

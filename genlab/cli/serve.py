@@ -50,10 +50,11 @@ def run(args) -> int:
     # lazy: FastAPI, uvicorn and the engine (torch) load in seconds; `genlab --help` must not wait for them
     import uvicorn
 
-    from genlab.serve.app import create_app
+    from genlab.serve.app import LOOPBACK_HOSTS, create_app
 
-    app = create_app(args.paths)
-    if not is_loopback(args.host):
+    local = is_loopback(args.host)
+    app = create_app(args.paths, allowed_hosts=LOOPBACK_HOSTS if local else None)
+    if not local:
         print(f"warning: serving on {args.host}, not loopback: anyone who reaches this address can run the "
               f"models of these runs on this machine; use --host 127.0.0.1 to keep it local", file=sys.stderr)
     shown = f"[{args.host}]" if ":" in args.host else args.host

@@ -20,9 +20,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from genlab.engine.runs import CONFIG_YAML
-from genlab.errors import GenlabError
+from genlab.errors import ConfigError, GenlabError
 from genlab.models.specs import TEXT_FAMILIES
 from genlab.serve.jobs import Job, JobManager, ModelCache, preview_png
 from genlab.serve.roots import NotFound, Served, ServedRoots, curves, run_summary
@@ -39,6 +40,11 @@ from genlab.serve.sampling import (
 STATIC = files("genlab.serve") / "static"
 #: seconds between two looks at a job by an event stream
 POLL_SECONDS = 0.05
+#: the largest request body read (a prompt of `Limits.max_prompt_chars` and the options fit many times over)
+MAX_BODY_BYTES = 1 << 20
+#: the Host headers a loopback server answers: a page elsewhere that rebinds its own name to 127.0.0.1
+#: (DNS rebinding) sends its own name, and is refused
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 Scalar = int | float | str | None
 
@@ -69,6 +75,27 @@ class CompareBody(SampleBody):
     y: Axis | None = None
 
 
+class BoundedBody:
+    """ASGI middleware: a body over `max_bytes` by its Content-Length (413), or a POST without one (411), is
+    refused before it is read. Plain ASGI, so the event streams pass through untouched."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            size = dict(scope["headers"]).get(b"content-length")
+            refusal = None
+            if size is None and scope["method"] == "POST":
+                refusal = _error(411, "send the request body with a Content-Length header")
+            elif size is not None and (not size.isdigit() or int(size) > self.max_bytes):
+                refusal = _error(413, f"the request body is over {self.max_bytes} bytes; send a shorter one")
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
@@ -85,14 +112,23 @@ def _validation_message(err: RequestValidationError) -> tuple[int, str]:
     return 422, f"{where}: {first.get('msg', 'invalid')}{more}"
 
 
-def create_app(paths, *, limits: Limits | None = None, cache: ModelCache | None = None, workers: int = 2) -> FastAPI:
-    """The playground serving the run folders and compare reports found in `paths`."""
+def create_app(paths, *, limits: Limits | None = None, cache: ModelCache | None = None, workers: int = 2,
+               allowed_hosts: tuple[str, ...] | None = None) -> FastAPI:
+    """The playground serving the run folders and compare reports found in `paths`.
+
+    Args:
+        allowed_hosts: the Host headers answered (`genlab serve` on loopback: LOOPBACK_HOSTS); None: any.
+    """
     roots = ServedRoots(paths)
     limits = limits or Limits()
     jobs = JobManager(cache if cache is not None else ModelCache(), workers=workers)
     app = FastAPI(title="genlab serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.roots, app.state.jobs, app.state.limits = roots, jobs, limits
     app.router.add_event_handler("shutdown", jobs.shutdown)
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+
+    app.add_middleware(BoundedBody, max_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError):
@@ -147,7 +183,7 @@ def create_app(paths, *, limits: Limits | None = None, cache: ModelCache | None 
         summary = run_summary(served)
         check_size(body.n, summary["shape"], limits)
         if body.text is not None and summary["family"] != "mdlm":
-            raise GenlabError(f"infill needs a masked-diffusion text run (mdlm), but {served.id} is "
+            raise ConfigError(f"infill needs a masked-diffusion text run (mdlm), but {served.id} is "
                               f"{summary['family']}; leave out `text` to sample")
         return {"served": served, "family": summary["family"],
                 "options": check_options(summary["family"], options, limits)}
@@ -184,7 +220,7 @@ def create_app(paths, *, limits: Limits | None = None, cache: ModelCache | None 
         axes = [body.x] + ([body.y] if body.y is not None else [])
         for axis in axes:
             if len(axis.values) > limits.max_axis_values:
-                raise GenlabError(f"axis {axis.name!r} has {len(axis.values)} values, over this server's limit of "
+                raise ConfigError(f"axis {axis.name!r} has {len(axis.values)} values, over this server's limit of "
                                   f"{limits.max_axis_values}; give fewer")
         cells = []
         ys = body.y.values if body.y is not None else [None]
@@ -267,9 +303,9 @@ def _seed(value) -> int:
     try:
         seed = int(value)
     except (TypeError, ValueError):
-        raise GenlabError(f"seed expects a non-negative integer, got {value!r}") from None
+        raise ConfigError(f"seed expects a non-negative integer, got {value!r}") from None
     if seed < 0 or str(seed) != str(value).strip():
-        raise GenlabError(f"seed expects a non-negative integer, got {value!r}")
+        raise ConfigError(f"seed expects a non-negative integer, got {value!r}")
     return seed
 
 
