@@ -429,3 +429,18 @@ def test_other_families_sample_with_their_own_options(family_root, family, optio
         assert np.array_equal(np.asarray(png(c, job)), np.asarray(expected))
         r = c.post("/api/sample", json={"run": family, "options": {"sampler": "euler"}})
         assert r.status_code == 400 and f"does not apply to the {family} family" in r.json()["error"]
+
+
+def test_a_run_that_trains_on_is_reloaded_at_its_next_checkpoint(gauss_run, tmp_path):
+    from conftest import GAUSS_CONFIG, copy_run, train_tiny
+
+    run = copy_run(gauss_run, tmp_path / "gauss")
+    cache = ModelCache()
+    before = cache.get(run)
+    assert cache.get(run) is before and cache.loads == 1
+    with one_thread():
+        train_tiny(GAUSS_CONFIG, run, "trainer.max_steps=5", resume=True)
+    after = cache.get(run)
+    assert after is not before and cache.loads == 2 and len(cache) == 1  # the older checkpoint's model is dropped
+    changed = [k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
+    assert changed  # two more optimiser steps moved the weights

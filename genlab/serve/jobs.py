@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from genlab.engine.checkpoint import latest_checkpoint
+from genlab.engine.checkpoint import latest_checkpoint, list_checkpoints
 from genlab.engine.runs import CHECKPOINTS, load_run_model
 from genlab.errors import GenlabError
 from genlab.serve.sampling import Cancelled, Drawn, png_bytes
@@ -42,14 +42,22 @@ class ModelCache:
 
     def __init__(self, max_models: int = 4, max_bytes: int = 2 << 30) -> None:
         self.max_models, self.max_bytes = max_models, max_bytes
-        self._models: OrderedDict[tuple[Path, Path], tuple[object, int]] = OrderedDict()
+        self._models: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
-        self._loading: dict[tuple[Path, Path], threading.Lock] = {}
+        self._loading: dict[tuple, threading.Lock] = {}
         self.loads = 0  # models read from disk, for tests and the status line
 
     def get(self, run_dir: Path):
-        """The model of the run at `run_dir` (its latest checkpoint), loaded on first use."""
-        key = (run_dir, latest_checkpoint(run_dir / CHECKPOINTS))
+        """The model of the run at `run_dir` (its latest checkpoint), loaded on first use.
+
+        The key is the newest checkpoint's name and time, read without hashing the weights: a checkpoint
+        is verified (`latest_checkpoint`, which skips corrupt ones) only when it is loaded.
+        """
+        listed = list_checkpoints(run_dir / CHECKPOINTS)
+        try:
+            key = (run_dir, listed[-1], listed[-1].stat().st_mtime_ns) if listed else (run_dir, None, None)
+        except OSError:  # removed meanwhile (the trainer keeps the last few): load what is there now
+            key = (run_dir, None, None)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -60,11 +68,16 @@ class ModelCache:
                 if key in self._models:
                     self._models.move_to_end(key)
                     return self._models[key][0]
-            model = load_run_model(run_dir, key[1])
+            try:
+                model = load_run_model(run_dir, latest_checkpoint(run_dir / CHECKPOINTS))
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
             with self._lock:
                 self.loads += 1
+                for old in [k for k in self._models if k[0] == run_dir]:  # an older checkpoint of this run
+                    del self._models[old]
                 self._models[key] = (model, model_bytes(model))
-                self._loading.pop(key, None)
                 self._evict()
             return model
 
