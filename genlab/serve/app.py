@@ -153,8 +153,10 @@ def create_app(paths, *, limits: Limits | None = None, cache: ModelCache | None 
         runs = await asyncio.to_thread(lambda: [run_summary(s) for s in roots.runs().values()])
         return {"runs": runs, "limits": limits_json(limits)}
 
+    # Handlers that walk the served folders are plain functions: FastAPI runs them in its thread pool, so the
+    # event loop keeps streaming progress meanwhile.
     @app.get("/api/runs/{run_id:path}/options")
-    async def run_options(run_id: str):
+    def run_options(run_id: str):
         served = roots.run(run_id)
         summary = run_summary(served)
         family = summary["family"]
@@ -168,11 +170,11 @@ def create_app(paths, *, limits: Limits | None = None, cache: ModelCache | None 
         return {"run": run_id, "curves": await asyncio.to_thread(curves, served.path)}
 
     @app.get("/api/reports")
-    async def list_reports():
+    def list_reports():
         return {"reports": [{"id": r.id, "url": f"/reports/{r.id}/report.html"} for r in roots.reports().values()]}
 
     @app.get("/reports/{path:path}")
-    async def report_file(path: str):
+    def report_file(path: str):
         for report_id in sorted(roots.reports(), key=len, reverse=True):
             if path.startswith(report_id + "/"):
                 return FileResponse(roots.report_file(report_id, path[len(report_id) + 1:]))
@@ -210,13 +212,13 @@ def create_app(paths, *, limits: Limits | None = None, cache: ModelCache | None 
         return work
 
     @app.post("/api/sample")
-    async def sample(body: SampleBody):
+    def sample(body: SampleBody):
         plan = planned(body, roots.run(body.run), body.options)
         job = jobs.submit("sample", work_of(body, [({}, plan, body.seed)]), {"run": body.run, "columns": 1})
         return job.snapshot()
 
     @app.post("/api/compare")
-    async def compare(body: CompareBody):
+    def compare(body: CompareBody):
         axes = [body.x] + ([body.y] if body.y is not None else [])
         for axis in axes:
             if len(axis.values) > limits.max_axis_values:
