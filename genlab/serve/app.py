@@ -25,7 +25,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from genlab.engine.runs import CONFIG_YAML
 from genlab.errors import ConfigError, GenlabError
 from genlab.models.specs import TEXT_FAMILIES
-from genlab.serve.jobs import Job, JobManager, ModelCache, preview_png
+from genlab.serve.jobs import Job, JobManager, ModelCache
 from genlab.serve.roots import NotFound, Served, ServedRoots, curves, run_summary
 from genlab.serve.sampling import (
     Limits,
@@ -35,6 +35,7 @@ from genlab.serve.sampling import (
     draw,
     form_options,
     limits_json,
+    png_bytes,
 )
 
 STATIC = files("genlab.serve") / "static"
@@ -201,7 +202,7 @@ def create_app(paths, *, limits: Limits | None = None, cache: ModelCache | None 
 
                 def progress(fraction, preview, k=k):
                     job.update(progress=(k + fraction) / len(cells),
-                               preview=preview_png(preview) if preview is not None else job.preview)
+                               preview=png_bytes(preview) if preview is not None else job.preview)
 
                 drawn = draw(model, plan["served"].id, plan["served"].path, n=body.n, seed=seed,
                              options=plan["options"], text=text, progress=progress,

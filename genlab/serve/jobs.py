@@ -7,7 +7,6 @@ cancel it: the diffusion samplers' callback checks the flag at every step and st
 
 from __future__ import annotations
 
-import io
 import threading
 import uuid
 from collections import OrderedDict
@@ -22,6 +21,9 @@ from genlab.engine.checkpoint import latest_checkpoint, list_checkpoints
 from genlab.engine.runs import CHECKPOINTS, load_run_model
 from genlab.errors import GenlabError
 from genlab.serve.sampling import Cancelled, Drawn, png_bytes
+
+#: weights kept in memory at most by default: a few digits or text models, and room for the page's work
+DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB
 
 
 def model_bytes(model) -> int:
@@ -40,7 +42,7 @@ class ModelCache:
         max_bytes: parameter and buffer bytes kept at most (the newest model is kept even when larger).
     """
 
-    def __init__(self, max_models: int = 4, max_bytes: int = 2 << 30) -> None:
+    def __init__(self, max_models: int = 4, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_models, self.max_bytes = max_models, max_bytes
         self._models: OrderedDict[tuple, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
@@ -200,10 +202,3 @@ def tile(images: list[Image.Image], params: dict, pad: int = 4) -> Image.Image:
         r, c = divmod(k, columns)
         out.paste(image.convert("RGB"), (pad + c * (w + pad), pad + r * (h + pad)))
     return out
-
-
-def preview_png(image: Image.Image) -> bytes:
-    """PNG bytes of a preview (no text chunks)."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()

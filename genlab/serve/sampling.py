@@ -144,9 +144,6 @@ class Drawn:
     image: Image.Image | None = None
     texts: list[str] | None = None
 
-    def to_json(self) -> dict:
-        return {"params": self.params, "texts": self.texts, "image": self.image is not None}
-
 
 #: progress(fraction done in [0, 1], preview picture or None); called from the worker thread
 Progress = Callable[[float, Image.Image | None], None]
