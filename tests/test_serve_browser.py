@@ -165,6 +165,7 @@ def test_text_runs_generate_and_infill(page, tmp_path):
     page.click("#generate")
     page.wait_for_selector("#result-text", state="visible")
     assert page.inner_text("#result-text").startswith("ROMEO")
+    assert not page.locator("#result-image").is_visible() and page.inner_text("#command").startswith("genlab generate")
     choose(page, "text/mdlm")
     page.fill("#infill", "ROMEO:[MASK:4] soft")
     page.click("#infill-go")

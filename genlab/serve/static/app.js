@@ -26,9 +26,11 @@ async function loadRuns() {
   for (const r of data.runs) {
     const tr = document.createElement("tr");
     tr.dataset.run = r.id;
-    for (const v of [r.id, r.family, r.data, r.steps, fmtEval(r.last_eval)]) {
+    const data = r.data.replace(/^(\w+:).*\/([^/]+)$/, "$1$2");  // "text:/long/path/corpus.txt" -> "text:corpus.txt"
+    for (const v of [r.id, r.family, data, r.steps, fmtEval(r.last_eval)]) {
       const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
     }
+    tr.children[2].title = r.data;
     tr.onclick = () => { $("run").value = r.id; selectRun(r.id); };
     body.appendChild(tr);
     const opt = document.createElement("option"); opt.value = r.id; opt.textContent = `${r.id} (${r.family})`;
@@ -122,16 +124,16 @@ async function generate(withText) {
   follow(job, { cancel: $("cancel"), progress: $("progress"), text: $("progress-text"), preview: $("preview") },
     (snap) => {
       if (snap.state !== "done") { $("error").textContent = snap.message || snap.state; return; }
-      const cell = snap.cells[0];
-      if (cell.image != null) {
+      const cell = snap.cells[0], hasImage = cell.image != null;
+      $("result-image").hidden = !hasImage; $("png-part").hidden = !hasImage;
+      if (hasImage) {
         $("result-image").src = `/api/jobs/${snap.id}/image/${cell.image}.png`;
         $("download-png").href = `/api/jobs/${snap.id}/image/${cell.image}.png?download=true`;
-        $("result-box").hidden = false;
       }
       if (cell.texts) { $("result-text").textContent = cell.texts.join("\n\n----\n\n"); $("result-text").hidden = false; }
       $("download-json").href = `/api/jobs/${snap.id}/params.json`;
       $("command").textContent = cell.params.command;
-      if (cell.texts) $("result-box").hidden = false;
+      $("result-box").hidden = false;
     });
 }
 
