@@ -444,3 +444,13 @@ def test_a_run_that_trains_on_is_reloaded_at_its_next_checkpoint(gauss_run, tmp_
     assert after is not before and cache.loads == 2 and len(cache) == 1  # the older checkpoint's model is dropped
     changed = [k for k, v in after.state_dict().items() if not torch.equal(v, before.state_dict()[k])]
     assert changed  # two more optimiser steps moved the weights
+
+
+def test_run_folders_given_themselves_are_served_alone(serve_root, tmp_path):
+    from conftest import copy_run
+
+    other = copy_run(serve_root / "digits", tmp_path / "elsewhere" / "digits")
+    with TestClient(create_app([serve_root / "digits", other, serve_root / "text" / "gpt"])) as c:
+        runs = {r["id"]: r["family"] for r in c.get("/api/runs").json()["runs"]}
+        assert runs == {"digits": "diffusion", "digits-2": "diffusion", "gpt": "gpt"}
+        assert c.get("/api/runs/gauss/options").status_code == 404  # a sibling of a served run is not served

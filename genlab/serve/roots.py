@@ -71,8 +71,10 @@ class ServedRoots:
         """{id: Served} of the folders under the roots for which `wanted(path)` holds (links out skipped)."""
         found: dict[str, Served] = {}
         for root in self.roots:
-            if wanted(root):  # a run folder given itself: named by its folder name
-                found.setdefault(root.name, Served(root.name, root, root))
+            if wanted(root):  # a run folder given itself: named by its folder name (-2, -3... when taken)
+                name = next(n for n in (root.name, *(f"{root.name}-{i}" for i in range(2, len(self.roots) + 2)))
+                            if n not in found)
+                found[name] = Served(name, root, root)
                 continue
             for dirpath, dirnames, _ in os.walk(root, followlinks=True):
                 here = Path(dirpath)
