@@ -76,7 +76,7 @@ def page(browser, server):
     requested = []
     pg.on("request", lambda r: requested.append(r.url))
     pg.goto(server)
-    pg.wait_for_selector("#runs tbody tr")
+    pg.wait_for_selector("body[data-ready]")  # the run list, the first run's form and the reports are in
     yield pg
     assert all(url.startswith(server) for url in requested), [u for u in requested if not u.startswith(server)]
     context.close()
@@ -85,8 +85,8 @@ def page(browser, server):
 def choose(page, run: str) -> None:
     """Pick a run in the selector and wait for its form."""
     page.select_option("#run", run)
-    page.wait_for_function("(run) => document.querySelector('#runs tr.selected')?.dataset.run === run", arg=run)
-    page.wait_for_selector("#options label")
+    page.wait_for_function("(run) => document.querySelector('#runs tr.selected')?.dataset.run === run && "
+                           "document.getElementById('options').dataset.run === run", arg=run)
 
 
 def record_progress(page) -> None:

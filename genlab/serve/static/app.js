@@ -37,6 +37,7 @@ async function loadRuns() {
     $("run").appendChild(opt);
   }
   $("status").textContent = `${data.runs.length} runs`;
+  if (data.runs.length && state.run === null) await selectRun(data.runs[0].id);
   const reports = await api("/api/reports");
   $("reports").innerHTML = "";
   for (const rep of reports.reports) {
@@ -44,7 +45,7 @@ async function loadRuns() {
     a.href = rep.url; a.target = "_blank"; a.textContent = rep.id; li.appendChild(a); $("reports").appendChild(li);
   }
   if (!reports.reports.length) $("reports").innerHTML = "<li class=hint>none in the served folders</li>";
-  if (data.runs.length) selectRun(data.runs[0].id);
+  document.body.dataset.ready = "1";
 }
 
 function optionInput(o) {
@@ -74,12 +75,14 @@ async function selectRun(id) {
   state.run = id;
   for (const tr of $("runs").querySelectorAll("tbody tr")) tr.classList.toggle("selected", tr.dataset.run === id);
   const info = await api(`/api/runs/${encodeURIComponent(id).replace(/%2F/g, "/")}/options`);
+  if (state.run !== id) return;  // another run was chosen meanwhile: its form wins
   state.info = info;
   const form = $("options"); form.innerHTML = "";
   for (const o of info.options) {
     const label = document.createElement("label"); label.textContent = o.name; label.title = o.help;
     label.appendChild(optionInput(o)); form.appendChild(label);
   }
+  form.dataset.run = id;
   $("n").value = info.text ? 2 : 16;
   $("infill-box").hidden = !info.infill;
   for (const sel of document.querySelectorAll(".axis-name")) {
