@@ -68,6 +68,17 @@ def check_sample_path(path: str | os.PathLike) -> Path:
     return path
 
 
+def sample_picture(samples: torch.Tensor, reference: torch.Tensor | None = None) -> Image.Image:
+    """The picture of samples that `save_samples` writes: an image grid (small images enlarged up to 4x), or a
+    scatter plot of (N, 2+) points; other shapes are a ConfigError."""
+    if samples.ndim == 4:
+        scale = max(1, 128 // samples.shape[-1])
+        return image_grid(samples, scale=min(scale, 4))
+    if samples.ndim == 2 and samples.shape[1] >= 2:
+        return scatter_plot(samples, reference)
+    raise ConfigError(f"cannot draw samples of shape {tuple(samples.shape)} as a PNG; write .npz instead")
+
+
 def save_samples(samples: torch.Tensor, path: str | os.PathLike, reference: torch.Tensor | None = None) -> Path:
     """Write samples to `path`: .png (image grid, or scatter plot for (N, 2) data) or .npz (array `samples`)."""
     path = check_sample_path(path)
@@ -77,13 +88,8 @@ def save_samples(samples: torch.Tensor, path: str | os.PathLike, reference: torc
         if path.suffix.lower() == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, samples=samples.detach().float().cpu().numpy())
-        elif samples.ndim == 4:
-            scale = max(1, 128 // samples.shape[-1])
-            image_grid(samples, scale=min(scale, 4)).save(tmp, format="PNG")
-        elif samples.ndim == 2 and samples.shape[1] >= 2:
-            scatter_plot(samples, reference).save(tmp, format="PNG")
         else:
-            raise ConfigError(f"cannot draw samples of shape {tuple(samples.shape)} as a PNG; write .npz instead")
+            sample_picture(samples, reference).save(tmp, format="PNG")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

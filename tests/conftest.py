@@ -44,7 +44,7 @@ TINY_STEPS = 3
 # 50x slower, and one thread keeps results independent of the core count (subprocesses get
 # OMP_NUM_THREADS=1 to match, see genlab_env).
 from genlab.eval.features import single_thread as one_thread  # noqa: E402
-from text_helpers import corpus_file  # noqa: E402
+from text_helpers import corpus_file, text_overrides  # noqa: E402
 
 
 def genlab_env() -> dict[str, str]:
@@ -115,3 +115,22 @@ def digits_run(tmp_path_factory) -> Path:
 def corpus(tmp_path_factory) -> Path:
     """A small text file (text_helpers.CORPUS) for the text families' tests, one per test module."""
     return corpus_file(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
+def serve_root(tmp_path_factory, gauss_run, digits_run) -> Path:
+    """A folder of runs for `genlab serve`'s tests: copies of the two session runs, and a tiny GPT (4 steps,
+    evaluated at 2 and 4, so it has curves) and a tiny MDLM run trained into it (read-only: copy to change)."""
+    from genlab.engine.config import load_config
+    from genlab.engine.trainer import train
+
+    root = tmp_path_factory.mktemp("served")
+    shutil.copytree(gauss_run, root / "gauss")
+    shutil.copytree(digits_run, root / "digits")
+    corpus = corpus_file(tmp_path_factory.mktemp("serve-corpus"))
+    with one_thread():
+        train(load_config(CONFIGS / "shakespeare-char-gpt.yaml",
+                          text_overrides(corpus, "trainer.max_steps=4", "eval.every=2")), root / "text" / "gpt")
+        train(load_config(CONFIGS / "shakespeare-char-mdlm.yaml",
+                          text_overrides(corpus, "trainer.max_steps=2", "model.steps=4")), root / "text" / "mdlm")
+    return root

@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("models", ("genlab.models",)),
     ("engine", ("genlab.engine",)),
     ("experiments", ("genlab.experiments",)),
+    ("serve", ("genlab.serve",)),
     ("cli", ("genlab.cli",)),
 )
 #: what the math layer may import besides itself and the core: torch and the standard library only
