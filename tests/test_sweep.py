@@ -44,7 +44,7 @@ from genlab.experiments.sweep.trial import (  # noqa: E402
 GAUSS_TREE = read_yaml(GAUSS_CONFIG)
 DIGITS_TREE = read_yaml(REPO / "configs" / "digits-diffusion.yaml")
 LR_SPACE = {"parameters": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}}
-OPTIMUM = -2.5  # log10 of the synthetic objective's best learning rate
+OPTIMUM = -3.6  # log10 of the synthetic objective's best learning rate (the base config's 0.002 is at -2.7)
 
 
 def write_space(tmp_path: Path, tree: dict) -> Path:
@@ -160,6 +160,45 @@ def test_tpe_finds_the_known_optimum_of_a_synthetic_objective_within_30_trials(t
     assert best.value < start
 
 
+def test_budgets_parse_and_a_metric_must_fit_the_data(tmp_path):
+    from genlab.experiments.sweep.settings import MAX_STEPS, Budget
+
+    assert Budget.parse("90").seconds == 90 and Budget.parse("1.5m").seconds == 90 and Budget.parse("300steps").steps == 300
+    assert Budget.parse("60s").overrides() == [f"trainer.max_steps={MAX_STEPS}", "trainer.max_time=60.0"]
+    for bad in ("0steps", "2.5steps", "abc", "-3s"):
+        with pytest.raises(ConfigError, match="--budget"):
+            Budget.parse(bad)
+    with pytest.raises(ConfigError, match=r"--metric fd does not apply to 8gaussians \(vector data\); choose one of: mmd2, sw"):
+        new_sweep(tmp_path, LR_SPACE, metric="fd")
+    with pytest.raises(ConfigError, match="unknown --metric"):
+        SweepSettings(metric="fid", budget="10steps", trials=1)
+
+
+def test_the_first_trial_runs_the_base_config_values(tmp_path):
+    folder = new_sweep(tmp_path, LR_SPACE, trials=2)
+    study = run_worker(folder, quadratic, log=quiet, seed=0)
+    assert study.trials[0].params == {"optim.lr": GAUSS_TREE["optim"]["lr"]}
+    assert study.trials[0].user_attrs["baseline"] is True
+
+
+def test_an_interrupted_trial_is_retried_with_its_values_when_the_sweep_resumes(tmp_path):
+    folder = new_sweep(tmp_path, LR_SPACE, trials=3)
+
+    def interrupting(ctx):
+        if ctx.number == 1:
+            raise KeyboardInterrupt
+        return quadratic(ctx)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(folder, interrupting, log=quiet, seed=0)
+    study = run_worker(folder, quadratic, log=quiet, seed=0)
+    first = study.trials[1]
+    assert first.state == optuna.trial.TrialState.FAIL and first.user_attrs["interrupted"]
+    again = [t for t in study.trials if t.user_attrs.get("retry_of") == 1]
+    assert len(again) == 1 and again[0].params == first.params and again[0].state == optuna.trial.TrialState.COMPLETE
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3
+
+
 def test_rerunning_a_finished_sweep_adds_no_trial_and_more_trials_extend_it(tmp_path):
     folder = new_sweep(tmp_path, LR_SPACE, trials=4)
     run_worker(folder, quadratic, log=quiet, seed=0)
@@ -219,7 +258,7 @@ def objective(ctx):
     with open(log, "a") as f:
         f.write(json.dumps({"pid": os.getpid(), "trial": ctx.number, "lr": ctx.values["optim.lr"]}) + "\\n")
     time.sleep(float(sys.argv[3]) if ctx.number != int(sys.argv[4]) else 600)
-    return (math.log10(ctx.values["optim.lr"]) + 2.5) ** 2
+    return (math.log10(ctx.values["optim.lr"]) + 3.6) ** 2
 
 run_worker(Path(sys.argv[1]), objective, log=lambda line: None)
 """
@@ -357,3 +396,21 @@ def test_a_missing_logger_extra_is_a_one_line_error(tmp_path, monkeypatch):
             build_loggers(cfg, tmp_path)
     assert [type(lg).__name__ for lg in build_loggers(load_config(GAUSS_CONFIG), tmp_path)] == [
         "MetricsCSVLogger", "TensorBoardLogger"]
+
+
+@pytest.mark.slow  # wandb starts a service process: ~45 s on a busy 2-core machine; skipped without wandb
+def test_wandb_logs_offline_into_the_run_folder_with_metrics_and_config(tmp_path):
+    pytest.importorskip("wandb")
+    from genlab.engine.config import load_config
+    from genlab.engine.trainer import train
+
+    cfg = load_config(GAUSS_CONFIG, [*TINY, "trainer.max_steps=20", "trainer.loggers=[csv,wandb]", "eval.every=10",
+                                     "eval.n=32", "trainer.log_every=5"])
+    run = train(cfg, tmp_path / "run")
+    [offline] = (run / "wandb").glob("offline-run-*")  # offline: nothing left the machine
+    path, record, waited = next(offline.glob("run-*.wandb")), b"", 0.0
+    while b"optim" not in record and waited < 60:  # the wandb service flushes the file after finish() returns
+        time.sleep(0.5)
+        waited += 0.5
+        record = path.read_bytes()
+    assert b"eval/mmd2" in record and b"train/" in record and b"optim" in record

@@ -116,3 +116,11 @@ def build_loggers(cfg: RunConfig, out: Path, keep_before: int = 0) -> list[Logge
         MissingExtraError: wandb or mlflow asked for but not installed.
     """
     return [LOGGERS[name](cfg, Path(out), keep_before) for name in cfg.trainer.loggers]
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    """End what Lightning leaves open after `fit`: a wandb run (else the next run in this process, a sweep's next
+    trial, would be logged into it, and an in-process caller would read an unflushed record)."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and lg._experiment is not None:
+            lg.experiment.finish()

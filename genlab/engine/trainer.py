@@ -49,7 +49,7 @@ from genlab.engine.config import (
     load_config,
     save_config,
 )
-from genlab.engine.loggers import build_loggers
+from genlab.engine.loggers import build_loggers, close_loggers
 from genlab.engine.memory import check_activation_memory, check_parameter_memory
 from genlab.engine.nonfinite import NonFiniteGuard
 from genlab.engine.precision import resolve_precision
@@ -250,7 +250,10 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
     if not child:
         for lg in loggers:  # the resolved config beside the metrics (CSV: hparams.yaml)
             lg.log_hyperparams(config_to_dict(cfg))
-    trainer.fit(model, datamodule=StepDataModule(data, cfg), ckpt_path=ckpt)
+    try:
+        trainer.fit(model, datamodule=StepDataModule(data, cfg), ckpt_path=ckpt)
+    finally:
+        close_loggers(loggers)
     if stops.reason is not None and trainer.is_global_zero:
         logger.warning("stopped at step %d (%s); continue with: genlab train --resume %s", trainer.global_step, stops.reason, out)
     return out

@@ -68,7 +68,10 @@ class Budget:
             if not number.isdigit() or int(number) < 1:
                 raise ConfigError(f'--budget "{text}" must be a positive whole number of steps, e.g. 300steps')
             return Budget(steps=int(number))
-        return Budget(seconds=parse_budget(text))
+        try:
+            return Budget(seconds=parse_budget(text))
+        except ConfigError as err:
+            raise ConfigError(f"{err}, or steps: 300steps") from None
 
     def text(self) -> str:
         return f"{self.steps}steps" if self.steps is not None else f"{self.seconds:g}s"
