@@ -280,7 +280,7 @@ def _run_trial(trial, folder: Path, settings: SweepSettings, space: SearchSpace,
         try:
             value = objective(ctx)
         except (PruningStopped, optuna.TrialPruned) as why:
-            log(f"trial {trial.number}: pruned ({why}) {shown}")
+            log(f"trial {trial.number}: pruned {why} {shown}")
             raise optuna.TrialPruned(str(why)) from None
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)

@@ -168,7 +168,7 @@ def train_and_score(ctx: TrialContext) -> float:
     pruning = PruningCallback(ctx, ctx.settings.metric_spec)
     train(cfg, ctx.folder, callbacks=[pruning])
     if pruning.pruned:
-        raise PruningStopped(f"pruned after {pruning.reported} evaluation(s)")
+        raise PruningStopped(f"at evaluation {pruning.reported} of {ctx.settings.reports}")
     if not budget_reached(ctx.folder, cfg):
         raise TrialInterrupted(f"trial {ctx.number} stopped before its budget was spent")
     return score_run(ctx.folder, ctx.settings.metric_spec, ctx.settings.eval_n, cfg.seed)
