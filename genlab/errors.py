@@ -28,6 +28,10 @@ class AutogradError(GenlabError):
     """A computation that needs gradients ran where autograd records nothing (e.g. under torch.inference_mode)."""
 
 
+class MissingExtraError(GenlabError):
+    """An optional dependency (Optuna, wandb, MLflow) is not installed; the message gives the pip command."""
+
+
 class TrainingError(GenlabError):
     """Training cannot go on: the loss or gradients stayed NaN/Inf after the guard's restores."""
 

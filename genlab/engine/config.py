@@ -62,6 +62,11 @@ class TrainerSpec(Spec):
     sample_n: int = Field(64, ge=1, le=4096)
     compile: bool = Field(False, description="torch.compile the network (~50 s compile, ~10% faster on CPU)")
     progress: bool = True
+    loggers: list[Literal["csv", "tensorboard", "wandb", "mlflow"]] = Field(
+        ["csv", "tensorboard"], description="where metrics and the config go (genlab/engine/loggers.py); wandb and "
+        "mlflow are optional extras")
+    wandb_mode: Literal["offline", "online"] = Field("offline", description="wandb: write locally (sync later with "
+                                                     "`wandb sync`) unless online")
     nan_patience: int = Field(5, ge=1, le=1_000_000, description="a step with a NaN/Inf loss or gradient is "
                               "skipped; after this many in a row, restore the last checkpoint and lower the learning rate")
     nan_lr_factor: float = Field(0.5, gt=0.0, le=1.0, description="learning-rate factor applied at each such restore")

@@ -12,7 +12,6 @@ Run folder (shared/DESIGN.md): config.yaml, run.json, checkpoints/, samples/, me
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections.abc import Sequence
@@ -22,9 +21,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from torch.utils.data import DataLoader
 
 from genlab.data import load_dataset
@@ -49,9 +45,11 @@ from genlab.engine.checkpoint import (
 from genlab.engine.config import (
     RunConfig,
     check_resume_changes,
+    config_to_dict,
     load_config,
     save_config,
 )
+from genlab.engine.loggers import build_loggers, close_loggers
 from genlab.engine.memory import check_activation_memory, check_parameter_memory
 from genlab.engine.nonfinite import NonFiniteGuard
 from genlab.engine.precision import resolve_precision
@@ -86,56 +84,6 @@ class StepDataModule(pl.LightningDataModule):
         ds = StepBatches(self.data, self.cfg.optim.batch_size, self.cfg.seed, start_step=t.global_step,
                          rank=t.global_rank, world_size=t.world_size, accumulate=self.cfg.optim.accumulate)
         return DataLoader(ds, batch_size=None, num_workers=0)
-
-
-class MetricsWriter(ExperimentWriter):
-    """Lightning's metrics.csv writer, except that a resumed run appends to the file instead of deleting it.
-
-    Rows from step `keep_before` on were written after the checkpoint the run resumes from (by a
-    process that was then killed): they are dropped, since the resumed run writes them again.
-    """
-
-    def __init__(self, log_dir: str, keep_before: int) -> None:
-        self.keep_before = keep_before
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        # Lightning deletes an existing metrics.csv here, so a resumed run lost its history; keep
-        # it, and continue its columns so the rows line up.
-        if not os.path.isfile(self.metrics_file_path):
-            return
-        with open(self.metrics_file_path, newline="") as f:
-            rows = list(csv.reader(f))
-        self.metrics_keys = rows[0] if rows else []
-        if "step" not in self.metrics_keys:
-            return
-        col = self.metrics_keys.index("step")
-        kept = [row for row in rows[1:] if len(row) > col and row[col].isdigit() and int(row[col]) < self.keep_before]
-        if len(kept) < len(rows) - 1:
-            tmp = self.metrics_file_path + ".tmp"
-            with open(tmp, "w", newline="") as f:
-                csv.writer(f).writerows([self.metrics_keys, *kept])
-            os.replace(tmp, self.metrics_file_path)
-
-
-class MetricsCSVLogger(CSVLogger):
-    """CSVLogger writing through MetricsWriter (metrics.csv survives `genlab train --resume`).
-
-    Args:
-        keep_before: the step the run starts from; rows of later steps in an existing file are dropped.
-    """
-
-    def __init__(self, *args, keep_before: int = 0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.keep_before = keep_before
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> MetricsWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = MetricsWriter(log_dir=self.log_dir, keep_before=self.keep_before)
-        return self._experiment
 
 
 # ---------------------------------------------------------------- entry points
@@ -262,6 +210,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
         callbacks.append(PeriodicEval(out, cfg, clock))
     if t.progress:
         callbacks.append(StepProgress())
+    loggers = build_loggers(cfg, out, start_step)
     try:
         trainer = pl.Trainer(
             max_steps=t.max_steps,
@@ -271,8 +220,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
             strategy=_strategy(t, manual),
             precision=t.precision,
             callbacks=callbacks,
-            logger=[MetricsCSVLogger(out, name="", version="", keep_before=start_step),
-                    TensorBoardLogger(out, name="tb", version="", default_hp_metric=False)],
+            logger=loggers,
             plugins=[SafeCheckpointIO()],
             gradient_clip_val=None if manual else cfg.optim.grad_clip,
             accumulate_grad_batches=cfg.optim.accumulate,
@@ -299,7 +247,13 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
         except OSError as err:
             raise ConfigError(f"cannot write the config of run folder {out}: {err.strerror or err}; "
                               f"free space or choose another --out") from None
-    trainer.fit(model, datamodule=StepDataModule(data, cfg), ckpt_path=ckpt)
+    if not child:
+        for lg in loggers:  # the resolved config beside the metrics (CSV: hparams.yaml)
+            lg.log_hyperparams(config_to_dict(cfg))
+    try:
+        trainer.fit(model, datamodule=StepDataModule(data, cfg), ckpt_path=ckpt)
+    finally:
+        close_loggers(loggers)
     if stops.reason is not None and trainer.is_global_zero:
         logger.warning("stopped at step %d (%s); continue with: genlab train --resume %s", trainer.global_step, stops.reason, out)
     return out
