@@ -9,10 +9,8 @@ self-contained: the pages link figures/ by relative paths. Conclusions come from
 from __future__ import annotations
 
 import csv
-import html
 import io
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +41,7 @@ from genlab.experiments.compare.conclusions import (
 )
 from genlab.experiments.compare.scoring import SAMPLES_NPZ, best_and_worst
 from genlab.experiments.compare.settings import data_kind
+from genlab.experiments.pages import to_html, to_markdown, write_text
 from genlab.models.registry import family_class
 
 logger = logging.getLogger("genlab")
@@ -64,8 +63,8 @@ def write_report(inputs: dict) -> dict[str, Path]:
     problems: list[str] = []
     blocks = report_blocks(inputs, kind, rows, problems)
     md_path, html_path = out / REPORT_MD, out / REPORT_HTML
-    _write_text(md_path, to_markdown(blocks))
-    _write_text(html_path, to_html(blocks, title=f"genlab compare: {s.data}"))
+    write_text(md_path, to_markdown(blocks))
+    write_text(html_path, to_html(blocks, title=f"genlab compare: {s.data}"))
     return {"csv": csv_path, "md": md_path, "html": html_path, "problems": problems}
 
 
@@ -77,7 +76,7 @@ def write_results_csv(rows: list[dict], path: Path) -> Path:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else (repr(row[k]) if isinstance(row[k], float) else row[k]))
                          for k in RESULT_COLUMNS})
-    _write_text(path, buf.getvalue())
+    write_text(path, buf.getvalue())
     return path
 
 
@@ -85,13 +84,6 @@ def read_results_csv(path: Path) -> list[dict]:
     """The rows of a results.csv (values as text, as conclusions() accepts them)."""
     with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------- the blocks
@@ -363,75 +355,3 @@ def _interpolation_figure(folder: Path, path: Path) -> Path:
     ends = test.x[idx].reshape(INTERPOLATION_PAIRS, 2, *test.shape)
     result = interpolate_latents(model, rows=INTERPOLATION_PAIRS, steps=INTERPOLATION_STEPS, ends=ends, generator=g)
     return save_interpolation(result, path, reference=test.x)
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def to_markdown(blocks: list[tuple]) -> str:
-    """The blocks as GitHub-flavoured Markdown."""
-    out = []
-    for block in blocks:
-        kind = block[0]
-        if kind == "h1":
-            out.append(f"# {block[1]}")
-        elif kind == "h2":
-            out.append(f"## {block[1]}")
-        elif kind == "p":
-            out.append(block[1])
-        elif kind == "ul":
-            out.append("\n".join(f"- {item}" for item in block[1]))
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
-            out.append("\n".join(lines))
-        elif kind == "img":
-            out.append(f"![{block[2]}]({block[1]})\n\n*{block[2]}*")
-        elif kind == "code":
-            out.append(f"```\n{block[1]}\n```")
-    return "\n\n".join(out) + "\n"
-
-
-def _md_cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.7em}h2{margin-top:1.8em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:0.8em 0;font-size:0.9em}th,td{border:1px solid #ddd;padding:0.25em 0.6em;
-text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}figure{margin:1em 0}
-img{max-width:100%}figcaption{color:#555;font-size:0.9em}pre{background:#f6f6f6;padding:0.8em;overflow-x:auto}
-li{margin:0.3em 0}"""
-
-
-def _inline(text: str) -> str:
-    """Escaped text with Markdown's `code` spans as <code> elements."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
-
-
-def to_html(blocks: list[tuple], title: str) -> str:
-    """The blocks as one HTML page (figures linked from figures/, styles inline)."""
-    e = html.escape
-    out = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head><meta charset=\"utf-8\"><title>{e(title)}</title>"
-           f"<style>{CSS}</style></head>\n<body>"]
-    for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            out.append(f"<{kind}>{e(block[1])}</{kind}>")
-        elif kind == "p":
-            out.append(f"<p>{_inline(block[1])}</p>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in block[1]) + "</ul>")
-        elif kind == "table":
-            header, rows = block[1], block[2]
-            head = "".join(f"<th>{e(str(h))}</th>" for h in header)
-            body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-        elif kind == "img":
-            out.append(f"<figure><img src=\"{e(block[1])}\" alt=\"{e(block[2])}\">"
-                       f"<figcaption>{e(block[2])}</figcaption></figure>")
-        elif kind == "code":
-            out.append(f"<pre><code>{e(block[1])}</code></pre>")
-    out.append("</body>\n</html>\n")
-    return "\n".join(out)
