@@ -245,6 +245,7 @@ def test_folder_data_runs_end_to_end(tmp_path):
     (["--generators", "rbm"], "unconditional"),
     (["--generators", "difusion"], "did you mean"),
     (["--budget", "vae=10s"], "not in --generators"),
+    (["--guidance", "-1"], "must be >= 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, words, tmp_path, capsys):
     assert main(["augment", *args, "--out", str(tmp_path / "o")]) == 2

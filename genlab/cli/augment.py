@@ -91,6 +91,8 @@ def settings_from_args(args):
         parse_shots,
     )
 
+    if not args.guidance >= 0:
+        raise ConfigError(f"--guidance {args.guidance}: the guidance scale must be >= 0 (1 = the conditional model)")
     generators = tuple(g.strip() for g in args.generators.split(",") if g.strip())
     default_budget, budgets = parse_budgets(args.budget, generators)
     out = Path(args.out) if args.out else Path("reports") / ("augment-" + args.data.replace(":", "-").replace(

@@ -41,7 +41,7 @@ RESULTS_CSV, SYNTHETIC_CSV, REPORT_MD, REPORT_HTML, FIGURES = (
 RESULT_COLUMNS = ("data", "shots", "generator", "arm", "ratio", "seed", "chosen", "val_acc", "test_acc", "n_real",
                   "n_synthetic", "steps")
 SYNTHETIC_COLUMNS = ("shots", "generator", "seed", "class", "n_synthetic", "n_test", "precision", "recall",
-                     "coverage", "near_copy_fraction", "near_copy_threshold")
+                     "coverage", "near_copy_fraction", "near_copy_threshold", "generator_steps")
 CHOSEN = "real+synthetic (ratio chosen on validation)"
 ARM_ORDER = ("real", "real+classic", CHOSEN, "real+classic+synthetic", "synthetic")
 
@@ -182,7 +182,7 @@ def diagnostic_rows(cells: list[dict]) -> list[dict]:
                 out.append({**base, **{k: c[k] for k in ("class", "n_synthetic", "n_test", "precision", "recall",
                                                           "coverage")}})
             out.append({**base, "class": "all", "near_copy_fraction": d["near_copy_fraction"],
-                        "near_copy_threshold": d["threshold"]})
+                        "near_copy_threshold": d["threshold"], "generator_steps": d.get("train_steps")})
     return out
 
 
@@ -244,17 +244,20 @@ def _ratio_table(rows: list[dict]) -> tuple[list, list]:
 def _fidelity_table(diag: list[dict]) -> tuple[list, list]:
     groups: dict[tuple, dict[str, list]] = {}
     for d in diag:
-        g = groups.setdefault((d["shots"], d["generator"]), {"precision": [], "recall": [], "coverage": [], "copy": []})
+        g = groups.setdefault((d["shots"], d["generator"]),
+                              {"precision": [], "recall": [], "coverage": [], "copy": [], "steps": []})
         if d["class"] == "all":
-            if _finite(d["near_copy_fraction"]):
-                g["copy"].append(float(d["near_copy_fraction"]))
+            for key, column in (("copy", "near_copy_fraction"), ("steps", "generator_steps")):
+                if _finite(d.get(column)):
+                    g[key].append(float(d[column]))
             continue
         for key in ("precision", "recall", "coverage"):
             if _finite(d[key]):
                 g[key].append(float(d[key]))
     mean = lambda xs: fmt(statistics.fmean(xs), 3) if xs else "n/a"  # noqa: E731
-    header = ["shots", "generator", "precision", "recall", "coverage", "near-copy fraction"]
-    body = [[k[0], k[1], mean(g["precision"]), mean(g["recall"]), mean(g["coverage"]), mean(g["copy"])]
+    header = ["shots", "generator", "training steps", "precision", "recall", "coverage", "near-copy fraction"]
+    body = [[k[0], k[1], mean(g["steps"]), mean(g["precision"]), mean(g["recall"]), mean(g["coverage"]),
+             mean(g["copy"])]
             for k, g in sorted(groups.items(), key=lambda kv: (_shot_order(kv[0][0]), kv[0][1]))]
     return header, body
 
@@ -318,7 +321,9 @@ def write_report(s: AugmentSettings, cells: list[dict], evaluator: Evaluator, se
         ("table", *_ratio_table(rows)),
         ("h2", "Synthetic sets: fidelity, diversity, memorisation"),
         ("p", f"Per-class precision / recall / coverage of the synthetic images against the test images of the "
-              f"same class (evaluator features), averaged over classes and seeds. Near-copy: a synthetic image closer "
+              f"same class (evaluator features), averaged over classes and seeds; training steps: the generator's "
+              f"optimiser steps within its budget (summed over a per-class family's models), mean over seeds. "
+              f"Near-copy: a synthetic image closer "
               f"to a labelled image than {NEAR_COPY_QUANTILE:.0%} of unseen real train images are."),
         ("table", *_fidelity_table(diag)),
     ]

@@ -55,6 +55,7 @@ from genlab.experiments.augment.generators import (
 )
 from genlab.experiments.augment.leakage import check_seen, image_hashes, write_seen
 from genlab.experiments.augment.report import write_report
+from genlab.experiments.compare.scoring import training_record
 from genlab.experiments.compare.settings import _digest, write_json
 
 CLASSIFIER_SALT, SAMPLE_SALT, UNSEEN_SALT = 21, 22, 23
@@ -212,14 +213,18 @@ def generator_cell(ctx: Context, cell: Cell, name: str, say: Callable[[str], Non
         seen = family.train(job)
         hashes = check_seen(seen, cell.labelled, ctx.train.x, set(image_hashes(ctx.test.x)))
         write_seen(folder, seen, hashes)
-        write_json(folder / GENERATOR_JSON, {"key": gen_key, "train_seconds": time.perf_counter() - start})
+        steps = sum(training_record(run, 1)["train_steps"] for run in sorted(folder.glob("run*")))
+        write_json(folder / GENERATOR_JSON, {"key": gen_key, "train_steps": steps,
+                                             "train_seconds": time.perf_counter() - start})
     draw = family.load(job)
     labels = synthetic_labels(y, max(max(s.ratios), 1.0))
     with torch.no_grad():
         synthetic = (draw(labels, torch.Generator().manual_seed(mix_seed(SAMPLE_SALT, cell.shots, cell.seed))), labels)
     generated = time.perf_counter()
     rows = synthetic_arms(ctx, cell, name, synthetic)
-    result = {"key": key, "rows": rows, "diagnostics": diagnose(ctx, cell, synthetic, folder),
+    diagnostics = {**diagnose(ctx, cell, synthetic, folder),
+                   "train_steps": _read(folder / GENERATOR_JSON).get("train_steps")}
+    result = {"key": key, "rows": rows, "diagnostics": diagnostics,
               "seconds": {"generator": generated - start, "classifiers": time.perf_counter() - generated}}
     write_json(folder / RESULT_JSON, result)
     chosen = next(r for r in rows if r["arm"] == "real+synthetic" and r["chosen"])
