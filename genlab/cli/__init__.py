@@ -13,6 +13,7 @@ import sys
 
 from genlab import __version__
 from genlab.cli import (
+    augment,
     compare,
     generate,
     infill,
@@ -29,8 +30,8 @@ from genlab.errors import GenlabError
 
 #: the commands, in the order `genlab --help` lists them
 COMMANDS = {"train": train, "sample": sample, "generate": generate, "infill": infill, "eval": eval_command,
-            "compare": compare, "sweep": sweep_command, "interpolate": interpolate, "list": listing,
-            "serve": serve}
+            "compare": compare, "sweep": sweep_command, "augment": augment, "interpolate": interpolate,
+            "list": listing, "serve": serve}
 # A full disk, a quota, a read-only filesystem or a file too large, met while writing (e.g. Lightning's
 # metrics.csv): the user's to fix, so one line, not a traceback.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})

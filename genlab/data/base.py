@@ -243,6 +243,9 @@ class DataSpec(BaseModel):
     vocab_size: int = Field(2048, ge=258, le=65_536, description="text, bpe: vocabulary size (256 bytes, the special "
                             "tokens and the merges)")
     seq_len: int = Field(256, ge=2, le=8192, description="text: tokens per training window (the model's context)")
+    subset: list[int] | None = Field(
+        None, description="images and vectors: train on these examples only (indices into the train split; the test "
+                          "split is unchanged), e.g. the labelled subset of `genlab augment`")
 
 
 def check_split(split: str) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
+import torch
+
 from genlab.data.base import DataSpec, TensorData, check_split
 from genlab.data.digits import load_digits_data
 from genlab.data.folder import FOLDER_PREFIX, IMAGE_EXTENSIONS, load_folder
@@ -70,10 +72,22 @@ def load_dataset(spec: DataSpec, split: str = "train", *, tokenizer: TextTokeniz
     """
     check_split(split)
     if spec.name.startswith(FOLDER_PREFIX):
-        return load_folder(spec, split)
+        return take_subset(load_folder(spec, split), spec, split)
     if is_text_name(spec.name):
+        if spec.subset is not None:
+            raise DataError(f"data.subset selects images or vectors; {spec.name} is text: remove data.subset")
         return load_text_data(spec, split, tokenizer)
     if spec.name not in DATASETS:
         err = unknown_name_error("dataset", spec.name, dataset_names(), DataError)
         raise DataError(f"{err}; or {FOLDER_PREFIX}PATH for a folder of images, {TEXT_PREFIX}PATH for text")
-    return DATASETS[spec.name](spec, split)
+    return take_subset(DATASETS[spec.name](spec, split), spec, split)
+
+
+def take_subset(data: TensorData, spec: DataSpec, split: str) -> TensorData:
+    """The examples `spec.subset` names of the train split (all of it without a subset; the test split whole)."""
+    if spec.subset is None or split != "train":
+        return data
+    if not spec.subset or min(spec.subset) < 0 or max(spec.subset) >= len(data):
+        raise DataError(f"data.subset must name train-split indices 0..{len(data) - 1} of {spec.name}, got "
+                        f"{len(spec.subset)} indices in [{min(spec.subset, default=0)}, {max(spec.subset, default=0)}]")
+    return data.select(torch.tensor(spec.subset, dtype=torch.int64))
