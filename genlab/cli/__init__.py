@@ -12,14 +12,23 @@ import errno
 import sys
 
 from genlab import __version__
-from genlab.cli import compare, generate, infill, interpolate, listing, sample, train
+from genlab.cli import (
+    compare,
+    generate,
+    infill,
+    interpolate,
+    listing,
+    rlhf,
+    sample,
+    train,
+)
 from genlab.cli import eval as eval_command
 from genlab.cli.common import EXIT_USAGE, Parser, quiet
 from genlab.errors import GenlabError
 
 #: the commands, in the order `genlab --help` lists them
 COMMANDS = {"train": train, "sample": sample, "generate": generate, "infill": infill, "eval": eval_command,
-            "compare": compare, "interpolate": interpolate, "list": listing}
+            "compare": compare, "rlhf": rlhf, "interpolate": interpolate, "list": listing}
 # A full disk, a quota, a read-only filesystem or a file too large, met while writing (e.g. Lightning's
 # metrics.csv): the user's to fix, so one line, not a traceback.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})

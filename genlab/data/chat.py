@@ -152,7 +152,7 @@ def builtin_prompts(corpus: str, n_train: int, n_eval: int, *, prompt_words: int
     """Training and held-out prompts (with demonstrations) drawn from the sentences of a text corpus.
 
     Usable sentences (plain prose of 2 * prompt_words..max_words words, from both splits of the corpus)
-    are shuffled with `seed`; the first `n_eval` are held out, the next `n_train` train. A sentence's
+    are de-duplicated and shuffled with `seed`; the first `n_eval` are held out, the next `n_train` train. A sentence's
     first `prompt_words` words are the prompt, the rest of it the demonstration.
 
     Raises:
@@ -166,7 +166,8 @@ def builtin_prompts(corpus: str, n_train: int, n_eval: int, *, prompt_words: int
                 words = s.split()
                 if 2 * prompt_words <= len(words) <= max_words and s[0].isupper() and s.isascii() \
                         and not any(c in s for c in "{}[]()=<>`*|#_"):
-                    sentences.append(words)
+                    sentences.append(tuple(words))
+    sentences = list(dict.fromkeys(sentences))  # a sentence repeated across topics is one prompt, never in both splits
     if len(sentences) < n_train + n_eval:
         raise DataError(f"{corpus} has {len(sentences)} usable sentences, fewer than the {n_train} + {n_eval} "
                         f"prompts asked for; ask for fewer")

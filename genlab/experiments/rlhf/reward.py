@@ -13,7 +13,7 @@ from genlab.eval.oracle import preference_labels
 from genlab.experiments.rlhf.config import RLHFConfig
 from genlab.experiments.rlhf.loop import clipped_step, optimise
 from genlab.experiments.rlhf.policy import sample_many
-from genlab.experiments.rlhf.stage import StageFolder
+from genlab.experiments.rlhf.stage import StageFolder, read_result
 from genlab.experiments.rlhf.task import STREAMS, Task, load_task
 from genlab.models.base import eval_mode
 from genlab.models.reward import ScalarHeadModel
@@ -48,6 +48,7 @@ def collect_preferences(cfg: RLHFConfig, root: Path) -> dict:
 
 def _sample_pairs(task: Task, root: Path) -> list[dict]:
     cfg = task.cfg
+    read_result(Path(root) / "sft")
     net = task.policy_from(Path(root) / "sft")
     g = torch.Generator().manual_seed(mix_seed(cfg.seed, STREAMS["preferences"]))
     prompts = [r["prompt"] for r in task.train] * cfg.preferences.pairs_per_prompt
@@ -82,7 +83,8 @@ def _encode_external(task: Task, records: list[dict]) -> list[dict]:
 
 def read_pairs(root: Path) -> tuple[list[dict], list[dict]]:
     """The (training, held-out) preference pairs of a pipeline folder."""
-    records = [r for r in read_jsonl(Path(root) / "preferences" / PAIRS, PREFERENCE_KEYS)]
+    read_result(Path(root) / "preferences")
+    records = read_jsonl(Path(root) / "preferences" / PAIRS, PREFERENCE_KEYS)
     return [r for r in records if not r["held_out"]], [r for r in records if r["held_out"]]
 
 
@@ -102,6 +104,7 @@ def reward_scores(model: ScalarHeadModel, task: Task, pairs: list[dict]) -> tupl
 
 def load_reward_model(task: Task, root: Path) -> ScalarHeadModel:
     """The trained reward model of DIR/reward (frozen, eval mode)."""
+    read_result(Path(root) / "reward")
     model = ScalarHeadModel(task.pretrained.cfg)
     model.load_state_dict(load_tensors(latest_checkpoint(Path(root) / "reward" / "checkpoints"), prefix="reward/"))
     model.eval()

@@ -35,6 +35,10 @@ from genlab.experiments.rlhf.config import RLHFConfig
 CONFIG_NAME, METRICS, RESULT = "rlhf.yaml", "metrics.jsonl", "result.json"
 #: checkpoints kept per stage
 KEEP = 2
+#: the config sections every stage reads, and those each stage adds; a resumed stage must agree on them
+SHARED_SECTIONS = ("seed", "pretrain", "task", "oracle", "sampling")
+STAGE_SECTIONS = {"sft": ("sft",), "preferences": ("sft", "preferences", "reward"), "reward": ("reward",),
+                  "ppo": ("ppo",), "dpo": ("dpo", "ppo"), "best-of-n": ("best_of_n", "ppo")}
 
 
 class StageFolder:
@@ -53,8 +57,9 @@ class StageFolder:
         resolved = self.cfg.model_dump(mode="json")
         if snapshot.is_file():
             old = yaml.safe_load(snapshot.read_text(encoding="utf-8"))
-            if old != resolved:
-                changed = sorted(k for k in set(old) | set(resolved) if old.get(k) != resolved.get(k))
+            keys = (*SHARED_SECTIONS, *STAGE_SECTIONS.get(self.name, ()))
+            changed = [k for k in keys if old.get(k) != resolved.get(k)]
+            if changed:
                 raise ConfigError(f"{self.path} was started with another config (sections {', '.join(changed)} "
                                   f"differ); use the same config to resume, or another --out")
         else:
