@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from genlab.data.batches import mix_seed
+from genlab.errors import DataError
 from genlab.experiments.rlhf.config import RLHFConfig
 from genlab.experiments.rlhf.loop import POLICY_KEY, clipped_step, optimise
 from genlab.experiments.rlhf.policy import response_logprobs
@@ -22,6 +23,8 @@ def demonstrations(task: Task) -> list[tuple[list[int], list[int]]]:
         p, c = task.template.prompt_ids(r["prompt"]), task.template.response_ids(r["completion"])
         if task.fits(p, len(c)):
             pairs.append((p, c))
+    if not pairs:
+        raise DataError(f"no demonstration fits task.max_new_tokens={task.cfg.task.max_new_tokens} tokens; raise it")
     return pairs
 
 
@@ -55,7 +58,8 @@ def run_sft(cfg: RLHFConfig, root: Path) -> dict:
         with torch.no_grad():
             held_out = [(task.template.prompt_ids(r["prompt"]), task.template.response_ids(r["completion"]))
                         for r in task.eval]
-            val_loss = float(sft_loss(net.eval(), task, [p for p in held_out if task.fits(p[0], len(p[1]))]))
+            held_out = [p for p in held_out if task.fits(p[0], len(p[1]))]
+            val_loss = float(sft_loss(net.eval(), task, held_out)) if held_out else float("nan")
         ev = evaluate_policy(task, net, task.pretrained)
         result = {"stage": "sft", "val_loss": val_loss, "demonstrations": len(pairs),
                   **{k: v for k, v in ev.items() if k != "samples"}}
