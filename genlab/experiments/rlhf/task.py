@@ -16,7 +16,7 @@ from genlab.engine.checkpoint import list_checkpoints
 from genlab.engine.config import load_config
 from genlab.engine.runs import CHECKPOINTS, load_run_model
 from genlab.engine.trainer import train
-from genlab.errors import CheckpointError, ConfigError
+from genlab.errors import CheckpointError, ConfigError, GenlabError
 from genlab.experiments.rlhf.config import RLHFConfig
 from genlab.experiments.rlhf.policy import (
     Scorer,
@@ -31,6 +31,10 @@ from genlab.models.base import eval_mode
 STAGES = ("pretrain", "sft", "preferences", "reward", "ppo", "dpo", "best-of-n")
 #: seed streams of the stages (mixed with the config's seed and a step), so no two stages share random numbers
 STREAMS = {name: i + 11 for i, name in enumerate(STAGES)} | {"eval": 97}
+
+
+class RunInterrupted(GenlabError):
+    """A stage stopped before it finished (a signal or a budget); running the command again resumes it."""
 
 
 def pretrain_dir(cfg: RLHFConfig, root: Path) -> Path:
@@ -48,10 +52,15 @@ def run_pretrain(cfg: RLHFConfig, root: Path) -> Path:
     run_cfg = load_config(cfg.pretrain.config, cfg.pretrain.overrides)
     if run_cfg.family != "gpt":
         raise ConfigError(f"pretrain.config={cfg.pretrain.config} trains a {run_cfg.family}; the policy needs family: gpt")
-    ckpts = list_checkpoints(out / CHECKPOINTS)
-    finished = bool(ckpts) and ckpts[-1].name.startswith(f"step-{run_cfg.trainer.max_steps:09d}")
-    if not finished:
-        train(run_cfg, out, resume=out.exists())
+    def finished() -> bool:
+        ckpts = list_checkpoints(out / CHECKPOINTS)
+        return bool(ckpts) and ckpts[-1].name.startswith(f"step-{run_cfg.trainer.max_steps:09d}")
+
+    if not finished():
+        train(run_cfg, out, resume=(out / CHECKPOINTS).is_dir())
+    if not finished():  # stopped early (Ctrl-C, SIGTERM, a time budget): the next stages need the whole model
+        raise RunInterrupted(f"pretraining in {out} stopped before trainer.max_steps={run_cfg.trainer.max_steps}; "
+                             f"run the same command again to resume it")
     return out
 
 
