@@ -145,13 +145,16 @@ class ChatTemplate:
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
+#: the longest word of a usable sentence (longer ones are URLs, identifiers or run-together sentences)
+MAX_WORD = 16
 
 
 def builtin_prompts(corpus: str, n_train: int, n_eval: int, *, prompt_words: int = 4, max_words: int = 20,
                     seed: int = 0) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """Training and held-out prompts (with demonstrations) drawn from the sentences of a text corpus.
 
-    Usable sentences (plain prose of 2 * prompt_words..max_words words, from both splits of the corpus)
+    Usable sentences (plain prose of 2 * prompt_words..max_words words of at most MAX_WORD characters, from both
+    splits of the corpus)
     are de-duplicated and shuffled with `seed`; the first `n_eval` are held out, the next `n_train` train. A sentence's
     first `prompt_words` words are the prompt, the rest of it the demonstration.
 
@@ -165,7 +168,7 @@ def builtin_prompts(corpus: str, n_train: int, n_eval: int, *, prompt_words: int
             for s in _SENTENCE.split(" ".join(para.split())):
                 words = s.split()
                 if 2 * prompt_words <= len(words) <= max_words and s[0].isupper() and s.isascii() \
-                        and not any(c in s for c in "{}[]()=<>`*|#_"):
+                        and not any(c in s for c in "{}[]()=<>`*|#_/%") and max(map(len, words)) <= MAX_WORD:
                     sentences.append(tuple(words))
     sentences = list(dict.fromkeys(sentences))  # a sentence repeated across topics is one prompt, never in both splits
     if len(sentences) < n_train + n_eval:

@@ -29,7 +29,7 @@ class TaskSpec(Spec):
     """The built-in task: prompts drawn from a corpus's sentences (or JSONL files)."""
 
     corpus: str = "pydocs"
-    n_train: int = Field(560, ge=8)
+    n_train: int = Field(540, ge=8)
     n_eval: int = Field(200, ge=8, description="held-out prompts every method is scored and sampled on")
     prompt_words: int = Field(4, ge=1)
     max_new_tokens: int = Field(24, ge=2, description="the longest response; one that never ends is penalised")
