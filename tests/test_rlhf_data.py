@@ -136,3 +136,18 @@ def test_reward_model_reads_the_end_token_with_left_or_right_padding():
     torch.testing.assert_close(r, alone.detach(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(l_, alone.detach(), atol=1e-5, rtol=1e-5)
     assert not torch.isclose(first_pad, alone.detach()[0], atol=1e-4)
+
+
+def test_report_names_an_oracle_turn_down_only_when_it_exceeds_the_noise():
+    from genlab.experiments.rlhf.report import turning_point
+
+    def row(step, oracle, proxy):
+        return {"step": step, "eval_oracle": oracle, "eval_oracle_se": 0.01, "eval_proxy": proxy,
+                "eval_proxy_se": 0.1, "eval_kl": step / 10}
+
+    rising = [row(1, 0.0, 1.0), row(2, 0.1, 2.0), row(3, 0.2, 3.0)]
+    assert "no significant turn-down" in turning_point(rising)
+    over = [row(1, 0.0, 1.0), row(2, 0.3, 2.0), row(3, 0.1, 3.0)]
+    assert "proxy keeps rising" in turning_point(over) and "over-optimisation" in turning_point(over)
+    noise = [row(1, 0.0, 1.0), row(2, 0.3, 2.0), row(3, 0.295, 3.0)]
+    assert "no significant turn-down" in turning_point(noise)

@@ -129,15 +129,24 @@ def frontier_figure(rows: list[dict], trace: list[dict], path: Path) -> Path:
 
 
 def turning_point(trace: list[dict]) -> str:
-    """Where PPO's proxy keeps rising while the oracle turns down (from its evaluations), in words."""
+    """Whether PPO's oracle reward turns down while its proxy keeps rising (from its evaluations), in words.
+
+    A change counts when it exceeds twice the evaluations' standard error; otherwise it is "level".
+    """
     if len(trace) < 3:
         return "too few PPO evaluations to tell"
     best = max(range(len(trace)), key=lambda i: trace[i]["eval_oracle"])
-    later = trace[best + 1:]
-    if later and later[-1]["eval_proxy"] > trace[best]["eval_proxy"] and later[-1]["eval_oracle"] < trace[best]["eval_oracle"]:
-        return (f"the oracle peaks at iteration {int(trace[best]['step'])} (KL {trace[best]['eval_kl']:.2f}) and falls "
-                f"after it while the proxy keeps rising: over-optimisation")
-    return f"the oracle peaks at iteration {int(trace[best]['step'])} of {int(trace[-1]['step'])}; no turn-down seen"
+    peak, last = trace[best], trace[-1]
+    where = f"the oracle peaks at iteration {int(peak['step'])} of {int(last['step'])} (KL {peak['eval_kl']:.2f})"
+    drop = peak["eval_oracle"] - last["eval_oracle"]
+    if best == len(trace) - 1 or drop <= 2 * max(peak["eval_oracle_se"], last["eval_oracle_se"]):
+        return where + "; no significant turn-down after it"
+    change = last["eval_proxy"] - peak["eval_proxy"]
+    noise = 2 * max(peak.get("eval_proxy_se", 0.0), last.get("eval_proxy_se", 0.0))
+    proxy = "keeps rising" if change > noise else ("falls too" if change < -noise else "stays level")
+    verdict = "over-optimisation of the proxy" if change >= -noise else "both fall"
+    return (f"{where}, then falls to {last['eval_oracle']:.3f} (from {peak['eval_oracle']:.3f}) while the proxy "
+            f"{proxy} ({peak['eval_proxy']:.2f} -> {last['eval_proxy']:.2f}): {verdict}")
 
 
 def write_rlhf_report(runs: list[Path], out: Path) -> dict[str, Path]:
