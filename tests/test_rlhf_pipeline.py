@@ -25,7 +25,8 @@ def _pretrain_config(tmp: Path, steps: int) -> Path:
     gpt["data"] |= {"vocab_size": 512, "seq_len": 64}
     gpt["model"] |= {"d_model": 64, "n_layers": 2, "n_heads": 2}
     gpt["optim"] |= {"lr": 2e-3, "batch_size": 16, "warmup_steps": 20, "lr_schedule": "constant"}
-    gpt["trainer"] |= {"max_steps": steps, "ckpt_every": steps, "sample_every": 100000, "log_every": 50,
+    # fp32 pinned: `precision: auto` measures the CPU when a run starts, so a busy machine could change the numbers
+    gpt["trainer"] |= {"max_steps": steps, "ckpt_every": steps, "sample_every": 100000, "log_every": 50, "precision": "32",
                        "progress": False}
     path = tmp / "tiny-gpt.yaml"
     path.write_text(yaml.safe_dump(gpt))
