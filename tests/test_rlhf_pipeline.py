@@ -133,3 +133,13 @@ def test_pipeline_sft_stops_reward_beats_chance_ppo_dpo_and_best_of_n_raise_the_
     text = files["results"].read_text()
     assert text.startswith("run,method,setting,oracle,oracle_se,proxy")
     assert (tmp_path / "run" / "report" / "samples" / "ppo-iter=8.jsonl").is_file()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("rlhf-*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_pipeline_config_loads_and_names_a_gpt_config(path):
+    from genlab.engine.config import load_config
+    from genlab.experiments.rlhf.config import load_rlhf_config
+
+    cfg = load_rlhf_config(path)
+    assert load_config(REPO / cfg.pretrain.config, cfg.pretrain.overrides).family == "gpt"
+    assert cfg.task.n_eval >= 200 and cfg.best_of_n.ns == [1, 4, 16, 64]
