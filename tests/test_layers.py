@@ -19,7 +19,7 @@ MAX_LINES = 500
 #: bottom first; a module may import modules of its own layer or of layers before it, never after
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("genlab", "genlab.errors", "genlab.safepaths", "genlab.imageio")),
-    ("math", ("genlab.diffusion", "genlab.boltzmann", "genlab.lm")),
+    ("math", ("genlab.diffusion", "genlab.boltzmann", "genlab.lm", "genlab.rlhf")),
     ("nn", ("genlab.nn",)),
     ("data", ("genlab.data",)),
     ("eval", ("genlab.eval",)),

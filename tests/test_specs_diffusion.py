@@ -10,7 +10,8 @@ from genlab.engine.config import build_config, load_config
 from genlab.errors import ConfigError
 from genlab.models.specs.diffusion import EDM_ONLY, VP_ONLY, DiffusionSpec
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")
+                 if not p.name.startswith("rlhf-"))  # pipeline configs: tests/test_rlhf_pipeline.py
 
 NON_DEFAULT = {"prediction": "v", "schedule": "linear", "timesteps": 500, "zero_terminal_snr": True,
                "sigma_data": 0.7, "sigma_min": 0.01, "sigma_max": 40.0, "P_mean": -1.0, "P_std": 1.0}

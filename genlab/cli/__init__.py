@@ -19,6 +19,7 @@ from genlab.cli import (
     infill,
     interpolate,
     listing,
+    rlhf,
     sample,
     serve,
     train,
@@ -30,8 +31,8 @@ from genlab.errors import GenlabError
 
 #: the commands, in the order `genlab --help` lists them
 COMMANDS = {"train": train, "sample": sample, "generate": generate, "infill": infill, "eval": eval_command,
-            "compare": compare, "sweep": sweep_command, "augment": augment, "interpolate": interpolate,
-            "list": listing, "serve": serve}
+            "compare": compare, "sweep": sweep_command, "augment": augment, "rlhf": rlhf,
+            "interpolate": interpolate, "list": listing, "serve": serve}
 # A full disk, a quota, a read-only filesystem or a file too large, met while writing (e.g. Lightning's
 # metrics.csv): the user's to fix, so one line, not a traceback.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})

@@ -4,7 +4,7 @@ Pure tensor functions over any causal network with ``forward(tokens, cache=None)
 ``new_cache(batch)``; they import only torch (the math layer).
 """
 
-from genlab.lm.decoding import filter_logits, generate, sample_next
+from genlab.lm.decoding import filter_logits, generate, generate_until, sample_next
 from genlab.lm.losses import next_token_loss, next_token_nll
 
-__all__ = ["filter_logits", "generate", "next_token_loss", "next_token_nll", "sample_next"]
+__all__ = ["filter_logits", "generate", "generate_until", "next_token_loss", "next_token_nll", "sample_next"]

@@ -106,3 +106,36 @@ def generate(net, prompt: Tensor, max_new_tokens: int, *, context: int, generato
         else:
             logits, _ = read_window()
     return torch.stack(new, dim=1) if new else prompt.new_zeros((prompt.shape[0], 0))
+
+
+@torch.no_grad()
+def generate_until(net, prompt: Tensor, pad_mask: Tensor, max_new_tokens: int, *, stop_id: int, pad_id: int,
+                   generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None, banned: Sequence[int] = ()) -> Tensor:
+    """Responses to left-padded prompts, each ending at its first `stop_id` (then `pad_id` to the end).
+
+    The whole prompt plus `max_new_tokens` must fit the network's context (no window restarts: a
+    reward is a function of the whole response). Decoding stops early once every row has stopped.
+    Rows draw from one generator in a fixed order, so a seeded call is reproducible.
+
+    Args:
+        net: a causal transformer (``net(tokens, cache=, pad_mask=)``, ``net.new_cache(B, max_len)``).
+        prompt: (B, P) int64 left-padded prompts; pad_mask: (B, P) bool, True at padding.
+    Returns:
+        (B, L) int64 responses, L <= max_new_tokens (the stop token included, padding after it).
+    """
+    B, P = prompt.shape
+    kv = net.new_cache(B, P + max_new_tokens)
+    logits = net(prompt, cache=kv, pad_mask=pad_mask)[:, -1]
+    done = torch.zeros(B, dtype=torch.bool, device=prompt.device)
+    out = []
+    for _ in range(max_new_tokens):
+        token = sample_next(logits, generator=generator, temperature=temperature, top_k=top_k, top_p=top_p,
+                            banned=banned)  # (B,)
+        token = torch.where(done, torch.full_like(token, pad_id), token)
+        out.append(token)
+        done = done | (token == stop_id)
+        if bool(done.all()):
+            break
+        logits = net(token[:, None], cache=kv, pad_mask=done[:, None] & (token == pad_id)[:, None])[:, -1]
+    return torch.stack(out, dim=1) if out else prompt.new_zeros((B, 0))
