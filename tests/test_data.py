@@ -309,7 +309,7 @@ def test_folder_mixed_layout_and_empty_test_split(tmp_path):
 
 
 def test_registry_names_and_descriptions():
-    assert set(DATASETS) == {"digits", *TOYS, "pydocs"} and dataset_names() == sorted(DATASETS)
+    assert set(DATASETS) == {"digits", *TOYS, "pydocs", "shapes"} and dataset_names() == sorted(DATASETS)
     descriptions = describe_datasets()
     assert set(descriptions) == set(DATASETS) | {"folder:PATH", "text:PATH"}
     assert all(line and "\n" not in line for line in descriptions.values())

@@ -47,6 +47,7 @@ class TensorData:
         modes: (M, D) known mode centres of a toy mixture, None otherwise.
         mode_std: per-coordinate standard deviation of each mode (for mode-coverage metrics).
         vocab_size: number of token ids (token sequences only).
+        captions: one text per example (images with captions, e.g. shapes), or None.
     """
 
     x: Tensor
@@ -57,6 +58,7 @@ class TensorData:
     modes: Tensor | None = None
     mode_std: float | None = None
     vocab_size: int | None = None
+    captions: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         """Check shapes, dtypes and ranges once, at the boundary, so consumers can trust them."""
@@ -86,6 +88,8 @@ class TensorData:
                 )
             if self.class_names and self.y.numel() > 0 and int(self.y.max()) >= len(self.class_names):
                 raise ValueError(f"label {int(self.y.max())} has no entry in class_names {self.class_names}")
+        if self.captions is not None and len(self.captions) != self.x.shape[0]:
+            raise ValueError(f"TensorData.captions must hold {self.x.shape[0]} texts, got {len(self.captions)}")
         if self.modes is not None and (self.modes.dim() != 2 or self.modes.shape[1] != self.x.shape[-1]):
             raise ValueError(f"modes must be (M, {self.x.shape[-1]}), got {tuple(self.modes.shape)}")
 
@@ -110,11 +114,19 @@ class TensorData:
     def select(self, index: Tensor) -> TensorData:
         """Return the examples at `index` ((K,) int64) with the same metadata."""
         y = None if self.y is None else self.y[index]
-        return dataclasses.replace(self, x=self.x[index], y=y)
+        return dataclasses.replace(self, x=self.x[index], y=y, captions=self._captions_at(index))
 
-    def examples(self, index: Tensor) -> tuple[Tensor, Tensor | None, dict[str, Tensor]]:
-        """The examples at `index` ((K,) int64) as a training batch reads them: (x, y or None, extras {})."""
-        return self.x[index], None if self.y is None else self.y[index], {}
+    def _captions_at(self, index: Tensor) -> tuple[str, ...] | None:
+        return None if self.captions is None else tuple(self.captions[int(i)] for i in index.reshape(-1))
+
+    def examples(self, index: Tensor) -> tuple[Tensor, Tensor | None, dict]:
+        """The examples at `index` ((K,) int64) as a training batch reads them: (x, y or None, extras).
+
+        extras is {} or, for captioned data, {"captions": (K,) tuple of str} (texts, not tensors:
+        the text-to-image family tokenizes them).
+        """
+        extras = {} if self.captions is None else {"captions": self._captions_at(index)}
+        return self.x[index], None if self.y is None else self.y[index], extras
 
 
 def content_hash(x: Tensor, y: Tensor | None = None) -> str:
@@ -215,7 +227,11 @@ class DataSpec(BaseModel):
         le=MAX_RESOLUTION,
         description="image side in pixels; digits default 16, folder default native size",
     )
-    n: int = Field(50_000, ge=1, le=MAX_TOY_SAMPLES, description="training samples drawn for toy datasets")
+    n: int = Field(50_000, ge=1, le=MAX_TOY_SAMPLES,
+                   description="training samples drawn for toy datasets and rendered for shapes")
+    label: Literal["shape", "shape_colour"] = Field(
+        "shape", description="shapes: class label of an image, the shape (3 classes) or shape and colour (21) of "
+                             "the first object its caption names")
     skip_bad: bool = Field(False, description="folder: skip unreadable images (and report how many) instead of failing")
     channels: Literal[1, 3] | None = Field(
         None, description="folder: 1 = grayscale, 3 = RGB; None = the mode of the first image"

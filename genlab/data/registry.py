@@ -13,6 +13,7 @@ from functools import partial
 from genlab.data.base import DataSpec, TensorData, check_split
 from genlab.data.digits import load_digits_data
 from genlab.data.folder import FOLDER_PREFIX, IMAGE_EXTENSIONS, load_folder
+from genlab.data.shapes import load_shapes
 from genlab.data.tokenizer import TextTokenizer
 from genlab.data.tokens import TEXT_PREFIX, TextData, is_text_name, load_text_data
 from genlab.data.toys import TOYS, load_toy
@@ -24,12 +25,15 @@ DATASETS: dict[str, Loader] = {
     "digits": load_digits_data,
     **{name: partial(load_toy, name) for name in TOYS},
     "pydocs": load_text_data,
+    "shapes": load_shapes,
 }
 
 _DESCRIPTIONS: dict[str, str] = {
     "digits": "1797 handwritten 8x8 digits from scikit-learn, 10 classes, upsampled to 16x16 by default",
     **{name: f"2-D toy: {toy.description}" for name, toy in TOYS.items()},
     "pydocs": "text: Python's documentation topics (pydoc_data, offline), split by topic",
+    "shapes": "32x32 RGB: one or two coloured shapes on black, with captions; label = shape (data.label: "
+              "shape_colour for 21 classes); data.n train images",
 }
 
 

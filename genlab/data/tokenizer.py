@@ -14,6 +14,10 @@ special id as its name.
   nanoGPT's ``shakespeare_char``, so its ids match nanoGPT's), then the special tokens.
   Characters outside the vocabulary raise a :class:`~genlab.errors.DataError` naming them,
   unless the tokenizer was built with ``unk=True``, in which case they map to ``UNK``.
+- :class:`WordTokenizer`: one id per word of a fixed vocabulary (special tokens first, so ``PAD``
+  is id 0 when it is the first special), for the small closed grammars of captions
+  (``genlab.data.shape_captions``). Its ``encode`` takes a batch and a length and returns padded
+  ids and a mask; a word outside the vocabulary raises a DataError naming it (no ``UNK``).
 - :class:`BPETokenizer`: GPT-2-style byte-level BPE (Sennrich et al. 2016; Radford et al.
   2019) trained with the Hugging Face ``tokenizers`` library. Its base alphabet is the 256
   bytes, so every UTF-8 string encodes and decodes back exactly.
@@ -23,12 +27,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import tokenizers  # the PyPI package (absolute import; this module is genlab.data.tokenizer)
+import torch
 
 from genlab.errors import DataError, printable
 
@@ -41,7 +47,9 @@ __all__ = [
     "BPETokenizer",
     "CharTokenizer",
     "TextTokenizer",
+    "WordTokenizer",
     "load_tokenizer",
+    "split_words",
 ]
 
 EOT = "<|endoftext|>"
@@ -50,6 +58,7 @@ PAD = "<|pad|>"
 UNK = "<|unk|>"
 
 FORMAT_VERSION = 1
+_WORD_RE = re.compile(r"[a-z]+|\S")  # a run of letters, or any other single non-space character
 
 
 @runtime_checkable
@@ -286,10 +295,91 @@ class BPETokenizer(_SavedTokenizer):
         return f"BPETokenizer(vocab_size={self.vocab_size}, specials={self.specials})"
 
 
-TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer}
+def split_words(text: str) -> list[str]:
+    """Words of ``text`` as :class:`WordTokenizer` reads them: lower case, a hyphen is a space, and each
+    symbol that is not a letter (":", ",", a digit) is a word of its own."""
+    return _WORD_RE.findall(text.lower().replace("-", " "))
 
 
-def load_tokenizer(path: str | os.PathLike) -> CharTokenizer | BPETokenizer:
+class WordTokenizer(_SavedTokenizer):
+    """One id per word of a fixed vocabulary: the special tokens first (ids 0..), then the words, sorted.
+
+    Args:
+        words: the vocabulary (de-duplicated and sorted here); each must be one word of `split_words`.
+        specials: names of the special tokens; the first one pads `encode`'s output.
+    """
+
+    kind = "word"
+
+    def __init__(self, words: Iterable[str], specials: Sequence[str] = (PAD,)) -> None:
+        self.words = tuple(sorted(set(words)))
+        if not self.words or any(split_words(w) != [w] for w in self.words):
+            raise ValueError("WordTokenizer words must be non-empty single lower-case words or symbols")
+        self.specials = _check_specials(specials)
+        self._itos = list(self.specials) + list(self.words)
+        self._special_ids = {s: i for i, s in enumerate(self.specials)}
+        self._stoi = {w: len(self.specials) + i for i, w in enumerate(self.words)}
+
+    @property
+    def vocab_size(self) -> int:
+        """Special tokens plus words."""
+        return len(self._itos)
+
+    def encode_words(self, text: str) -> list[int]:
+        """Ids of the words of ``text``; raises DataError naming the words outside the vocabulary."""
+        words = split_words(text)
+        unknown = sorted({w for w in words if w not in self._stoi})
+        if unknown:
+            raise DataError(f"{printable(text)!r} has {len(unknown)} word(s) outside the tokenizer's vocabulary: "
+                            f"{', '.join(unknown)}")
+        return [self._stoi[w] for w in words]
+
+    def encode(self, texts: Sequence[str], max_len: int | None = None):
+        """Ids (B, L) int64 padded with the first special token, and mask (B, L) bool, True at real words.
+
+        Args:
+            texts: B strings.
+            max_len: L; default the most words in ``texts`` (at least 1).
+
+        Raises:
+            DataError: an unknown word (named), or a text longer than ``max_len`` words.
+        """
+        if isinstance(texts, str):
+            raise TypeError("WordTokenizer.encode takes a sequence of texts; wrap one text in a list")
+        rows = [self.encode_words(t) for t in texts]
+        length = max([1, *map(len, rows)]) if max_len is None else max_len
+        ids = torch.full((len(rows), length), self._special_ids[self.specials[0]], dtype=torch.int64)
+        mask = torch.zeros((len(rows), length), dtype=torch.bool)
+        for i, row in enumerate(rows):
+            if len(row) > length:
+                raise DataError(f"{printable(texts[i])!r} has {len(row)} words, more than max_len={length}")
+            ids[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+            mask[i, : len(row)] = True
+        return ids, mask
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """The words of ``ids`` joined by spaces; a special id becomes its name."""
+        _check_ids(ids, self.vocab_size)
+        return " ".join(self._itos[int(i)] for i in ids)
+
+    def to_dict(self) -> dict:
+        """The JSON form (see :meth:`save`)."""
+        return {"kind": self.kind, "version": FORMAT_VERSION, "words": list(self.words),
+                "specials": list(self.specials)}
+
+    @classmethod
+    def from_dict(cls, obj: dict) -> WordTokenizer:
+        """Inverse of :meth:`to_dict`."""
+        return cls(obj["words"], obj["specials"])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, specials={self.specials})"
+
+
+TOKENIZERS: dict[str, type] = {"char": CharTokenizer, "bpe": BPETokenizer, "word": WordTokenizer}
+
+
+def load_tokenizer(path: str | os.PathLike) -> CharTokenizer | BPETokenizer | WordTokenizer:
     """Read a tokenizer JSON file written by ``save`` (either kind)."""
     obj = _read_json(path)
     try:
