@@ -15,10 +15,13 @@ from typing import Protocol
 from torch import Tensor
 
 from genlab.data.base import DataInfo, TensorData, content_hash
+from genlab.data.shape_captions import CaptionTokenizer
 from genlab.errors import DataError
 from genlab.nn.cross_attention import PAD_ID
 
-CAPTION_IDS = "caption_ids"  # the key of the caption ids in a Batch's extras
+CAPTION_IDS = "caption_ids"
+#: the captioned datasets and the tokenizer of their captions
+CAPTION_TOKENIZERS = {"shapes": CaptionTokenizer}  # the key of the caption ids in a Batch's extras
 
 
 class CaptionEncoder(Protocol):
@@ -79,8 +82,11 @@ class CaptionedImages:
 
 
 def dataset_caption_tokenizer(data: TensorData) -> CaptionEncoder:
-    """The caption tokenizer of a captioned dataset (its vocabulary is the dataset's)."""
-    raise DataError(f"dataset {data.name} has no caption tokenizer; a text-to-image model needs data.name=shapes")
+    """The caption tokenizer of a captioned dataset (its vocabulary is the dataset's grammar)."""
+    if data.name not in CAPTION_TOKENIZERS:
+        raise DataError(f"dataset {data.name} has no caption tokenizer; a text-to-image model needs captioned images "
+                        f"({', '.join(sorted(CAPTION_TOKENIZERS))})")
+    return CAPTION_TOKENIZERS[data.name]()
 
 
 def batch_caption_ids(extras: dict[str, Tensor]) -> Tensor:

@@ -11,7 +11,7 @@ from `genlab.diffusion.guidance`.
 `model.space`:
 - `latent`: the denoiser works on the latents of a frozen stage-1 autoencoder (`models/autoencoder.py`),
   standardised per channel to std sigma_data (`KLAutoencoder.normalise`, statistics measured on the
-  training data after stage 1); images are encoded by their posterior mean, samples decoded after
+  training data after stage 1, kept in the config, model.latent_mean / latent_std, and in the buffers); images are encoded by their posterior mean, samples decoded after
   `denormalise`. The autoencoder is a frozen submodule, so its weights and statistics travel in
   every checkpoint. sigma_data "auto" means 0.5 here (the latents are normalised to it).
 - `pixel`: the same model on the images (sigma_data "auto" = the data's std), for the comparison.
@@ -96,6 +96,8 @@ class T2IModel(DiffusionModel):
                 raise ConfigError("model.autoencoder is not set: train a latent t2i config with `genlab train CONFIG`, "
                                   "which trains (or reads) stage 1 and copies its network here")
             autoencoder = build_autoencoder(spec.autoencoder, info).requires_grad_(False).eval()
+            if spec.latent_mean is not None and spec.latent_std is not None:
+                autoencoder.set_stats(torch.tensor(spec.latent_mean), torch.tensor(spec.latent_std))
             model_info = dataclasses.replace(info, shape=autoencoder.latent_shape(info.shape), std=LATENT_SIGMA_DATA)
         super().__init__(spec, info, optim, net=build_text_network(spec, model_info.shape, info.vocab_size),
                          precond=build_precond(spec, model_info))

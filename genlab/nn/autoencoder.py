@@ -8,8 +8,8 @@ down- and upsampling of the U-Net (`genlab.nn.unet`).
 The latents are rescaled for diffusion per channel (LDM's "scale factor", here one mean and one std
 per channel, measured on the training data after training and kept as buffers, so they travel with
 the weights): ``normalise(z) = (z - mean) / std * sigma_data`` and its exact inverse ``denormalise``.
-Until they are measured the buffers hold NaN, and normalising is an error rather than a silent
-identity (forgetting the inverse scale at decode is the classic latent-diffusion bug).
+Until they are measured the std buffer holds 0 (not NaN: the trainer's guard refuses non-finite
+buffers), and normalising is an error rather than a silent identity (forgetting the inverse scale at decode is the classic latent-diffusion bug).
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ class KLAutoencoder(nn.Module):
         dec += [group_norm(ch), nn.SiLU(), nn.Conv2d(ch, in_channels, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
 
-        # Per-channel statistics of the posterior means on the training data (NaN until measured).
-        self.register_buffer("latent_mean", torch.full((latent_channels,), float("nan")))
-        self.register_buffer("latent_std", torch.full((latent_channels,), float("nan")))
+        # Per-channel statistics of the posterior means on the training data (std 0 until measured).
+        self.register_buffer("latent_mean", torch.zeros(latent_channels))
+        self.register_buffer("latent_std", torch.zeros(latent_channels))
 
     def latent_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
         """(C_z, H / f, W / f) of images of shape (C, H, W)."""

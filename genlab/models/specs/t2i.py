@@ -36,6 +36,10 @@ class T2ISpec(DiffusionSpec):
                                                                    "stage 1 when it trains")
     autoencoder: AutoencoderNetSpec | None = Field(None, description="latent: the stage-1 network (copied from stage 1 "
                                                                       "by the pipeline; not written by hand)")
+    latent_mean: tuple[float, ...] | None = Field(None, description="latent: per-channel mean of the stage-1 latents "
+                                                  "(measured by the pipeline after stage 1; not written by hand)")
+    latent_std: tuple[float, ...] | None = Field(None, description="latent: per-channel std of the stage-1 latents "
+                                                 "(measured with latent_mean)")
     text: TextEncoderSpec = Field(default_factory=TextEncoderSpec)
     guidance: float = Field(3.0, description="default classifier-free guidance scale of `genlab sample`")
 
@@ -45,8 +49,10 @@ class T2ISpec(DiffusionSpec):
             raise ValueError("model.net=mlp has no cross-attention; use model.net=unet or model.net=dit")
         if self.class_cond:
             raise ValueError("model.class_cond=true: a text-to-image model is conditioned on captions; drop it")
-        if self.space == "pixel" and (self.stage1 is not None or self.autoencoder is not None):
-            raise ValueError("model.stage1 / model.autoencoder are read only with model.space=latent; drop them")
+        latent_keys = ("stage1", "autoencoder", "latent_mean", "latent_std")
+        if self.space == "pixel" and any(getattr(self, k) is not None for k in latent_keys):
+            raise ValueError("model.stage1 / autoencoder / latent_mean / latent_std are read only with "
+                             "model.space=latent; drop them")
         if self.space == "latent" and self.stage1 is None:
             raise ValueError("model.space=latent needs model.stage1: an autoencoder config YAML or run folder")
         return self
