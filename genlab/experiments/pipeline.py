@@ -29,7 +29,12 @@ from lightning.pytorch.callbacks import Callback
 from genlab.data import load_dataset
 from genlab.engine.callbacks import StopConditions
 from genlab.engine.checkpoint import list_checkpoints
-from genlab.engine.config import RunConfig, check_resume_changes, load_config, save_config
+from genlab.engine.config import (
+    RunConfig,
+    check_resume_changes,
+    load_config,
+    save_config,
+)
 from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML, load_run_model, read_run
 from genlab.engine.trainer import train
 from genlab.errors import CheckpointError, ConfigError

@@ -32,7 +32,12 @@ from torch import Tensor, nn
 
 from genlab.data.base import DataInfo, TensorData
 from genlab.data.batches import Batch
-from genlab.data.captions import CaptionedImages, batch_caption_ids, caption_ids, dataset_caption_tokenizer
+from genlab.data.captions import (
+    CaptionedImages,
+    batch_caption_ids,
+    caption_ids,
+    dataset_caption_tokenizer,
+)
 from genlab.data.folder import BAD_IMAGE_ERRORS, image_to_array, open_image
 from genlab.diffusion.editing import inpaint_denoiser, sdedit_sigmas
 from genlab.diffusion.guidance import X0_POSTPROCESS, classifier_free_guidance
@@ -46,7 +51,12 @@ from genlab.models.diffusion import DiffusionModel, build_precond
 from genlab.models.specs import T2ISpec
 from genlab.models.specs import t2i as specs_t2i
 from genlab.nn import DiT, UNet
-from genlab.nn.cross_attention import PAD_ID, TextConditionedNet, TextEncoder, null_caption
+from genlab.nn.cross_attention import (
+    PAD_ID,
+    TextConditionedNet,
+    TextEncoder,
+    null_caption,
+)
 
 #: sigma_data of normalised latents when model.sigma_data is "auto" (the std `normalise` gives them)
 LATENT_SIGMA_DATA = 0.5

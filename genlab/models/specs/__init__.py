@@ -8,7 +8,17 @@ section lives in its own module here; FAMILY_SPECS maps the `family:` name to it
 from __future__ import annotations
 
 from genlab.models.options import SampleOption
-from genlab.models.specs import autoencoder, diffusion, gan, gpt, mdlm, pixelcnn, rbm, t2i, vae
+from genlab.models.specs import (
+           autoencoder,
+           diffusion,
+           gan,
+           gpt,
+           mdlm,
+           pixelcnn,
+           rbm,
+           t2i,
+           vae,
+)
 from genlab.models.specs.autoencoder import AutoencoderSpec
 from genlab.models.specs.base import Spec
 from genlab.models.specs.diffusion import DiffusionSpec, MLPSpec, UNetSpec
