@@ -215,32 +215,55 @@ class T2IModel(DiffusionModel):
                guidance: float | None = None, init_image: str | None = None, strength: float | None = None,
                mask: str | None = None, batch_size: int = 256, **sampler_opts) -> Tensor:
         """n images (n, C, H, W) in [-1, 1] of `prompt` (see the module docstring for the options)."""
-        name = sampler or self.spec.sampler
-        fn = get_sampler(name)
-        sigmas = full = self.sampling_sigmas(name, steps or self.spec.steps)
         if strength is not None and init_image is None:
             raise ConfigError("--strength needs --init-image (img2img starts from it)")
         known, keep = self.init_known(init_image, mask)
+        if known is not None and strength is None:
+            strength = 1.0 if keep is not None else DEFAULT_STRENGTH
+        cond, negative = self.prompt_ids(prompt), self.prompt_ids(negative_prompt)
+        return self.sample_captions(cond.expand(n, -1), negative.expand(n, -1), generator=generator, ema=ema,
+                                    sampler=sampler, steps=steps, guidance=guidance, known=known, keep=keep,
+                                    strength=strength, batch_size=batch_size, **sampler_opts)
+
+    @torch.no_grad()
+    def sample_prompts(self, prompts: list[str], *, generator: torch.Generator | None = None, ema: bool = True,
+                       sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+                       batch_size: int = 256) -> Tensor:
+        """One image per prompt, (len(prompts), C, H, W) in [-1, 1], against the empty caption (for evaluation)."""
+        if self.tokenizer is None:
+            raise CheckpointError("this model has no caption tokenizer attached; load it with load_run_model")
+        cond = caption_ids(self.tokenizer, prompts, self.spec.text.max_len) if prompts else null_caption(0, 1)
+        return self.sample_captions(cond, null_caption(len(prompts), cond.shape[1]), generator=generator, ema=ema,
+                                    sampler=sampler, steps=steps, guidance=guidance, batch_size=batch_size)
+
+    @torch.no_grad()
+    def sample_captions(self, cond: Tensor, negative: Tensor, *, generator: torch.Generator | None = None,
+                        ema: bool = True, sampler: str | None = None, steps: int | None = None,
+                        guidance: float | None = None, known: Tensor | None = None, keep: Tensor | None = None,
+                        strength: float | None = None, batch_size: int = 256, **sampler_opts) -> Tensor:
+        """Images of caption ids `cond` guided against `negative` (each (n, L)); SDEdit from `known` at `strength`,
+        inpainting where `keep` is 1 (see `init_known`). (n, C, H, W) in [-1, 1]."""
+        name = sampler or self.spec.sampler
+        fn = get_sampler(name)
+        sigmas = full = self.sampling_sigmas(name, steps or self.spec.steps)
         if known is not None:
-            if strength is None:
-                strength = 1.0 if keep is not None else DEFAULT_STRENGTH
             sigmas = sdedit_sigmas(full, strength)
         starts_from_guide = known is not None and len(sigmas) < len(full)  # strength 1: pure noise, guide ignored
-        cond, negative = self.prompt_ids(prompt).to(self.device), self.prompt_ids(negative_prompt).to(self.device)
         guidance = self.spec.guidance if guidance is None else guidance
         out = []
         with eval_mode(self.sampling_net(ema)):
-            for start in range(0, n, batch_size):
-                b = min(batch_size, n - start)
-                denoise = self.guided_denoiser(cond.expand(b, -1), negative.expand(b, -1), guidance, ema=ema)
+            for start in range(0, len(cond), batch_size):
+                rows = slice(start, start + batch_size)
+                denoise = self.guided_denoiser(cond[rows].to(self.device), negative[rows].to(self.device), guidance,
+                                               ema=ema)
                 if keep is not None:
                     denoise = inpaint_denoiser(denoise, known, keep)
-                noise = torch.randn((b, *self.model_shape), generator=generator).to(self.device)
+                noise = torch.randn((len(cond[rows]), *self.model_shape), generator=generator).to(self.device)
                 x = (known + noise * float(sigmas[0])) if starts_from_guide else noise * float(sigmas[0])
                 if len(sigmas) > 1:  # strength 0 runs no step: the (encoded) init image itself
                     x = fn(denoise, x, sigmas, generator=generator, **sampler_opts)
                 out.append(self.decode_images(x).cpu())
-        return torch.cat(out)
+        return torch.cat(out) if out else torch.empty(0, *self.info.shape)
 
     def log_likelihood(self, x: Tensor, **_) -> Tensor:
         """Not available: a caption-conditional model reports prompt fidelity and FD instead."""
