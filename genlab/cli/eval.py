@@ -3,6 +3,7 @@
     genlab eval RUN_DIR [--n 2000] [--sampler NAME --steps K] [--seed S] [--json]
     genlab eval RUN_DIR --samples FILE.npz [--json]        # given samples, the run's data
     genlab eval --real DATA --samples FILE.npz [--json]     # given samples, any dataset
+    genlab eval --real shapes --samples FILE.npz --prompts FILE.txt [--json]  # and their prompt fidelity
 
 Thin by design: parsing and printing here, everything else in `genlab.engine.evaluate` and
 `genlab.eval.scores`. torch is imported inside `run`, so building the parser costs nothing.
@@ -55,6 +56,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "token accuracy; default 64; 0 skips it)")
     p.add_argument("--reference", metavar="GPT_RUN", help="text runs: score --gen-n samples under this GPT run "
                                                           "(generative perplexity, beside unigram entropy and distinct-n)")
+    p.add_argument("--prompts", metavar="FILE.txt", help="shapes: one prompt per line, line i the prompt of sample i; "
+                                                         "adds prompt fidelity (per attribute and overall) read by "
+                                                         "the shapes attribute evaluator")
     p.add_argument("--gen-n", type=positive_int, default=64, help="text runs: samples scored by --reference (default 64)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
@@ -67,7 +71,8 @@ def run(args) -> int:
 
     result = evaluate(args.run, real=args.real, samples_file=args.samples, n=args.n, sampler=args.sampler,
                       steps=args.steps, seed=args.seed, features=args.features, n_real=args.n_real,
-                      nll_n=args.nll_n, infill_n=args.infill_n, reference=args.reference, gen_n=args.gen_n)
+                      nll_n=args.nll_n, infill_n=args.infill_n, reference=args.reference, gen_n=args.gen_n,
+                      prompts_file=args.prompts)
     if args.json:
         print(json.dumps(_jsonable(result), sort_keys=False))
     elif "loss_per_token" in result:
@@ -145,7 +150,27 @@ def print_table(result: dict, file=None) -> None:
             better = "higher" if name in HIGHER_IS_BETTER else ("-" if name in ("kid_std", "nll_bpd_se") else "lower")
             table.add_row(name, _fmt(result[name]), _fmt(result["floor"].get(name)), better)
     console.print(table)
+    if result.get("fidelity"):
+        print_fidelity(result["fidelity"], console)
     if result.get("plot"):
         console.print(f"plot: {result['plot']}")
     if result.get("eval_csv"):
         console.print(f"appended to {result['eval_csv']}")
+
+
+def print_fidelity(fidelity: dict, console) -> None:
+    """Print prompt fidelity as a (group, n, overall, attributes...) table, headed by the evaluator's accuracy."""
+    # lazy: rich is only needed when printing a table
+    from rich.table import Table
+
+    ev = fidelity["evaluator"]
+    acc = ", ".join(f"{split} {value:.2%}" for split, value in (ev.get("scene_accuracy") or {}).items())
+    console.print(f"prompt fidelity, read by the {ev['name']} (exact-scene accuracy on real images: {acc or '-'})")
+    attributes = ("count", "shape", "colour", "size", "position", "relation")
+    table = Table(show_header=True, header_style="bold")
+    for column in ("prompts", "n", "overall", *attributes):
+        table.add_column(column, justify="left" if column == "prompts" else "right")
+    for group, row in fidelity.items():
+        if group != "evaluator":
+            table.add_row(group, str(row["n"]), _fmt(row["overall"]), *(_fmt(row.get(a)) for a in attributes))
+    console.print(table)

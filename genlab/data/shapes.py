@@ -43,8 +43,9 @@ from genlab.data.shape_captions import (
 from genlab.errors import DataError
 
 __all__ = ["COLOURS", "POSITIONS", "RELATIONS", "SHAPES", "SIZES", "SPLITS", "ShapeObject", "ShapesExample",
-           "is_heldout", "load_shapes", "render_example", "render_objects", "shapes_data"]
+           "evaluation_prompts", "is_heldout", "load_shapes", "render_example", "render_objects", "shapes_data"]
 
+NAME = "shapes"  # the registry name
 RESOLUTION = 32
 SUPERSAMPLE = 4  # draw at 4x, box-filter down: each pixel is the mean of 16 sub-pixel samples
 GRID = 3
@@ -112,7 +113,7 @@ def kinds_heldout(kinds) -> bool:
     return any(k in HELDOUT_PAIRS for k in kinds) or (len(kinds) == 2 and frozenset(kinds) in HELDOUT_COMBOS)
 
 
-def _make_object(rng: np.random.Generator, colour: str, shape: str, cell: int) -> ShapeObject:
+def make_object(rng: np.random.Generator, colour: str, shape: str, cell: int) -> ShapeObject:
     """Place an object of the given kind in `cell` with random size, jitter and rotation."""
     size = SIZES[rng.integers(len(SIZES))]
     lo, hi = SIZE_RANGES[size]
@@ -122,7 +123,7 @@ def _make_object(rng: np.random.Generator, colour: str, shape: str, cell: int) -
     return ShapeObject(shape, colour, size, POSITIONS[cell], cx, cy, rng.uniform(lo, hi), rng.uniform(0, 2 * math.pi))
 
 
-def _random_kind(rng: np.random.Generator) -> tuple[str, str]:
+def random_kind(rng: np.random.Generator) -> tuple[str, str]:
     colours = tuple(COLOURS)
     return colours[rng.integers(len(colours))], SHAPES[rng.integers(len(SHAPES))]
 
@@ -148,10 +149,10 @@ def random_scene(rng: np.random.Generator, heldout: bool) -> tuple[tuple[ShapeOb
             pairs = sorted(HELDOUT_PAIRS)
             colour, shape = pairs[rng.integers(len(pairs))]
         else:
-            while (kind := _random_kind(rng)) in HELDOUT_PAIRS:
+            while (kind := random_kind(rng)) in HELDOUT_PAIRS:
                 pass
             colour, shape = kind
-        return (_make_object(rng, colour, shape, cell),), None
+        return (make_object(rng, colour, shape, cell),), None
     a_cell, b_cell, relation = _pair_cells(rng)
     if heldout and rng.random() < 0.5:
         combos = sorted(sorted(c) for c in HELDOUT_COMBOS)
@@ -160,10 +161,10 @@ def random_scene(rng: np.random.Generator, heldout: bool) -> tuple[tuple[ShapeOb
             kinds = kinds[::-1]
     else:
         while True:
-            kinds = [_random_kind(rng), _random_kind(rng)]
+            kinds = [random_kind(rng), random_kind(rng)]
             if kinds_heldout(kinds) == heldout:
                 break
-    objects = tuple(_make_object(rng, c, s, cell) for (c, s), cell in zip(kinds, (a_cell, b_cell), strict=True))
+    objects = tuple(make_object(rng, c, s, cell) for (c, s), cell in zip(kinds, (a_cell, b_cell), strict=True))
     return objects, relation
 
 
@@ -198,7 +199,10 @@ def render_objects(objects, resolution: int = RESOLUTION) -> np.ndarray:
 
 
 def example_rng(seed: int, index: int, split: str) -> np.random.Generator:
-    """The generator of example (seed, index, split): PCG64 on a SeedSequence of all three."""
+    """The generator of example (seed, index, split): PCG64 on a SeedSequence of all three.
+
+    `split` is one of SPLITS, or "evaluator": the attribute evaluator's own stream of training scenes.
+    """
     if split not in _SPLIT_STREAM:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if index < 0 or seed < 0:
@@ -213,6 +217,24 @@ def render_example(seed: int, index: int, split: str) -> ShapesExample:
     attributes = PromptSpec(tuple(o.spec() for o in objects), relation)
     caption = write_caption(attributes, rng)
     return ShapesExample(render_objects(objects), caption, objects, relation)
+
+
+def evaluation_prompts(split: str = "test", n: int = 500, seed: int = SPLIT_SEED) -> list[str]:
+    """The standard evaluation prompts: captions of examples 0..n-1 of `split` ("test" or "heldout"),
+    every attribute stated (no size left out), so prompt fidelity checks all of them.
+
+    With the default seed the prompts describe exactly the scenes of that split's real images
+    (same objects, template and synonyms; only the sizes that a training caption may leave out
+    are always written), so the real images score the evaluator's ceiling on the same prompts.
+    """
+    if split not in ("test", "heldout"):
+        raise DataError(f'evaluation prompts come from the "test" or "heldout" split, got {split!r}')
+    prompts = []
+    for i in range(n):
+        rng = example_rng(seed, i, split)
+        objects, relation = random_scene(rng, heldout=split == "heldout")
+        prompts.append(write_caption(PromptSpec(tuple(o.spec() for o in objects), relation), rng, p_omit_size=0.0))
+    return prompts
 
 
 def label_of(example: ShapesExample, label: str) -> int:
@@ -251,7 +273,7 @@ def shapes_data(split: str, n: int, seed: int = SPLIT_SEED, label: str = "shape"
     if resolution != RESOLUTION:
         x = resize_images(x, resolution).contiguous()
     y = torch.tensor([label_of(e, label) for e in examples], dtype=torch.int64)
-    return TensorData(x=x, y=y, modality="image", name="shapes", class_names=class_names(label),
+    return TensorData(x=x, y=y, modality="image", name=NAME, class_names=class_names(label),
                       captions=tuple(e.caption for e in examples))
 
 

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from genlab.data import DataSpec, load_dataset
+from genlab.data.shapes import NAME as SHAPES_NAME
 from genlab.data.toys import TOYS
 from genlab.engine.memory import check_sample_memory
 from genlab.engine.runs import SAMPLES, load_run_model, read_run
@@ -27,6 +28,11 @@ from genlab.engine.text_eval import evaluate_text_run
 from genlab.errors import ConfigError, DataError
 from genlab.eval import toy as T
 from genlab.eval.features import check_features_mode
+from genlab.eval.prompt_fidelity import (
+    check_prompts,
+    read_prompts,
+    score_prompt_fidelity,
+)
 from genlab.eval.scores import (
     DEFAULT_MAX_REAL,
     FLOOR_SPLIT,
@@ -251,12 +257,13 @@ def spec_for_samples(name: str, samples):
 def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, samples_file=None, n: int = 2000,
              sampler: str | None = None, steps: int | None = None, seed: int = 0, features: str = "auto",
              n_real: int | None = None, nll_n: int = 100, infill_n: int = 64, reference=None,
-             gen_n: int = 64) -> dict:
+             gen_n: int = 64, prompts_file=None) -> dict:
     """`genlab eval`: score a run (samples drawn now, or given in `samples_file`) or a file of samples
     against dataset `real`; a run's result is appended to its eval.csv (key "eval_csv"). A text run is
     scored by its validation loss and, on `infill_n` held-out windows, its infill accuracy; with a
     `reference` GPT run, `gen_n` samples' generative perplexity beside their unigram entropy and
-    distinct-n (genlab/engine/text_eval.py).
+    distinct-n (genlab/engine/text_eval.py). With `prompts_file` (one prompt per sample, shapes only), the
+    samples' prompt fidelity is added under "fidelity" (genlab/eval/prompt_fidelity.py).
 
     Raises:
         ConfigError: contradictory or incomplete arguments, or an unknown `features` choice.
@@ -266,6 +273,8 @@ def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, s
         raise ConfigError("give either RUN_DIR or --real DATA, not both")
     if not run and not real:
         raise ConfigError("give a RUN_DIR, or --real DATA --samples FILE.npz")
+    if prompts_file and not samples_file:
+        raise ConfigError("--prompts scores the samples of --samples FILE.npz against their prompts; give both")
     if real and not samples_file:
         raise ConfigError("--real DATA needs --samples FILE.npz (the samples to score)")
     if samples_file and (sampler or steps):
@@ -285,12 +294,20 @@ def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, s
     common = {"n_real": n_real, "seed": seed, "features": features}
     if samples_file:
         samples = load_samples_npz(samples_file)
-        if real:
-            result = evaluate_samples(samples, spec_for_samples(real, samples), **common)
-        else:
-            cfg, _ = read_run(Path(run))
-            result = {**evaluate_samples(samples, cfg.data, **common), "run": str(run)}
+        data = spec_for_samples(real, samples) if real else read_run(Path(run))[0].data
+        prompts = None
+        if prompts_file:  # checked before any scoring: a bad prompt fails in a second, not after FD
+            if data.name != SHAPES_NAME:
+                raise ConfigError(f"--prompts is scored by the {SHAPES_NAME} attribute evaluator, but the samples "
+                                  f"imitate {data.name}; use --real {SHAPES_NAME}")
+            prompts = check_prompts(read_prompts(prompts_file), len(samples))
+        result = evaluate_samples(samples, data, **common)
+        if run:
+            result["run"] = str(run)
         result["samples_file"] = str(samples_file)
+        if prompts is not None:
+            result["fidelity"] = score_prompt_fidelity(samples, prompts)
+            result["prompts_file"] = str(prompts_file)
     else:
         check_sample_memory(n, read_run(Path(run))[1].shape, flag="--n")
         result = evaluate_run(run, n, sampler, steps, seed, features=features, n_real=n_real, nll_n=nll_n)

@@ -25,7 +25,13 @@ from genlab.data.base import DataSpec, TensorData
 from genlab.errors import DataError
 from genlab.eval import metrics as M
 from genlab.eval import toy as T
-from genlab.eval.features import build_evaluator, check_features_mode, single_thread
+from genlab.eval.features import (
+    Evaluator,
+    build_evaluator,
+    check_features_mode,
+    single_thread,
+)
+from genlab.eval.shapes_attrs import SHAPES_NAME, shapes_attribute_evaluator
 
 REAL_SPLIT, FLOOR_SPLIT = "test", "train"
 # The most real points compared by default: k-NN metrics and MMD cost O(m^2), and 5000 points
@@ -91,10 +97,18 @@ def class_scores(logits: Tensor, reference: Tensor) -> dict[str, float]:
             "confidence": M.mean_confidence(logits)}
 
 
+def image_evaluator(train: TensorData, test: TensorData, features: str, root=None) -> Evaluator:
+    """`features.build_evaluator`, except that 32x32 shapes (features "auto" or "classifier") are embedded by
+    the shapes attribute evaluator (genlab.eval.shapes_attrs), which reads every object of a scene."""
+    if train.name == SHAPES_NAME and features in ("auto", "classifier") and train.shape == (3, 32, 32):
+        return shapes_attribute_evaluator(root=root).evaluator()
+    return build_evaluator(train, test, features, root)
+
+
 def _evaluate_images(fake: Tensor, real: Tensor, floor: Tensor, train: TensorData, test: TensorData,
                      features: str, seed: int, root) -> tuple[dict, dict, dict]:
     """(metrics, floor, evaluator identity) for image sets of equal size."""
-    evaluator = build_evaluator(train, test, features, root)
+    evaluator = image_evaluator(train, test, features, root)
     f_fake, l_fake = evaluator.embed(fake)
     f_real, l_real = evaluator.embed(real)
     f_floor, _ = evaluator.embed(floor)
