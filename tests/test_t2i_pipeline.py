@@ -132,3 +132,18 @@ def test_cli_sample_with_prompt_and_bad_word(straight, tmp_path, capsys):
     assert main(["sample", str(straight), "--prompt", "a purple circle", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "purple" in err and len(err.strip().splitlines()) == 1
+
+
+def test_frozen_text_encoder_from_an_earlier_run(straight, tmp_path):
+    """model.text.frozen_from: the caption encoder is the earlier run's (its EMA weights), in the network and its EMA,
+    unchanged by training (the rest trains)."""
+    out = train_pipeline(tiny_cfg(tmp_path, f"model.stage1={straight / STAGE1_DIR}",
+                                  f"model.text.frozen_from={straight}", "optim.lr=0.01"), tmp_path / "run")
+    source, trained = weights(straight), weights(out)
+    text = [k.removeprefix("ema_net.") for k in source if k.startswith("ema_net.text.")]
+    assert text and all(torch.equal(source["ema_net." + k], trained[prefix + k])
+                        for k in text for prefix in ("net.", "ema_net."))
+    assert not torch.equal(source["net.backbone.input_conv.weight"], trained["net.backbone.input_conv.weight"])
+    with pytest.raises(ConfigError, match="is not a t2i run"):
+        train_pipeline(tiny_cfg(tmp_path, f"model.stage1={straight / STAGE1_DIR}",
+                                f"model.text.frozen_from={straight / STAGE1_DIR}"), tmp_path / "bad")

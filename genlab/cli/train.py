@@ -53,7 +53,7 @@ def run(args) -> int:
         # --out is the user's choice, wherever it points; the name comes from a file: it stays in runs/
         out, resume = Path(args.out) if args.out else safe_join("runs", cfg.name, "name:"), False
     quiet_lightning(args.verbose)
-    if pipeline.is_pipeline(cfg):  # a latent text-to-image config: stage 1 (autoencoder), then stage 2
+    if pipeline.is_pipeline(cfg):  # text-to-image: stage 1 (autoencoder, latent space only), then stage 2
         pipeline.train_pipeline(cfg, out, resume=resume)
     else:
         train(cfg, out, resume=resume)

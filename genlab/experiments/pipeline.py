@@ -13,8 +13,11 @@ folder (read, never written to but for its latent_stats.json). Each stage is tra
 trainer and resumes exactly; `--resume RUN` continues whichever stage was interrupted. Under a time budget
 (`trainer.max_time` or `--max-time`), stage 1 gets `model.stage1_share` of it and stage 2 the rest.
 
-Stage 2 starts with the stage-1 weights and statistics copied into its frozen autoencoder (a callback
-at `setup`), so every stage-2 checkpoint holds them: sampling never reads the stage-1 folder again.
+Stage 2 starts with the stage-1 weights copied into its frozen autoencoder (a callback at `setup`) and the
+statistics in its config (`model.latent_mean`, `model.latent_std`), so every stage-2 checkpoint holds them:
+sampling never reads the stage-1 folder again. A pixel-space t2i config (`model.space: pixel`) is stage 2
+alone. With `model.text.frozen_from: T2I_RUN` the caption encoder of that run is copied in the same way
+(into the network and its EMA copy) and stays frozen.
 """
 
 from __future__ import annotations
@@ -52,8 +55,8 @@ SIGNALS = ("SIGINT", "SIGTERM")
 
 
 def is_pipeline(cfg: RunConfig) -> bool:
-    """Whether `cfg` is a two-stage config (a latent text-to-image model)."""
-    return cfg.family == "t2i" and cfg.model.space == "latent"
+    """Whether `cfg` is trained by `train_pipeline` (a text-to-image config; stage 1 only in latent space)."""
+    return cfg.family == "t2i"
 
 
 def is_pipeline_folder(run_dir: Path) -> bool:
@@ -84,6 +87,26 @@ class LoadStage1(Callback):
         ae = load_run_model(self.stage1_dir).net
         state = {k: v for k, v in ae.state_dict().items() if not k.startswith("latent_")}
         pl_module.autoencoder.load_state_dict({**pl_module.autoencoder.state_dict(), **state})
+
+
+class LoadTextEncoder(Callback):
+    """Copies the caption encoder of an earlier t2i run into a fresh model's network and its EMA copy
+    (`model.text.frozen_from`; the model keeps it frozen)."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+
+    def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
+        cfg, _ = read_run(self.source)
+        if cfg.family != "t2i":
+            raise ConfigError(f"model.text.frozen_from={self.source} is not a t2i run ({cfg.family}); give a t2i run folder")
+        state = load_run_model(self.source).sampling_net().text.state_dict()  # the EMA weights, as sampled
+        try:
+            for net in (pl_module.net, pl_module.ema_net):
+                net.text.load_state_dict(state)
+        except RuntimeError as err:
+            raise ConfigError(f"the caption encoder of {self.source} does not fit model.text "
+                              f"({str(err).splitlines()[-1].strip()}); use the same model.text settings") from None
 
 
 def write_latent_stats(stage1_dir: Path) -> dict:
@@ -152,7 +175,7 @@ def train_pipeline(cfg: RunConfig, out: Path, *, resume: bool = False,
     """
     out = Path(out)
     if not is_pipeline(cfg):
-        raise ConfigError("train_pipeline needs a latent text-to-image config (family: t2i, model.space: latent)")
+        raise ConfigError("train_pipeline needs a text-to-image config (family: t2i)")
     if resume:
         if not is_pipeline_folder(out):
             raise ConfigError(f"{out} is not a text-to-image pipeline folder (no {PIPELINE_YAML})")
@@ -163,6 +186,22 @@ def train_pipeline(cfg: RunConfig, out: Path, *, resume: bool = False,
     else:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / PIPELINE_YAML)
+    cfg2, extra = cfg, []
+    if cfg.model.space == "latent":
+        cfg2, extra = _through_stage1(cfg, out, callbacks)
+        if cfg2 is None:
+            return None
+    # A stage 2 killed before its first checkpoint starts again from step 0: with the loaded weights again.
+    if not list_checkpoints(out / CHECKPOINTS):
+        extra += [LoadTextEncoder(Path(cfg.model.text.frozen_from))] if cfg.model.text.frozen_from else []
+    else:
+        extra = []
+    return train(cfg2, out, resume=(out / CONFIG_YAML).is_file(), callbacks=[*callbacks, *extra])
+
+
+def _through_stage1(cfg: RunConfig, out: Path, callbacks) -> tuple[RunConfig | None, list[Callback]]:
+    """Train (or read) stage 1 and return stage 2's config with its network and statistics and the callback
+    that loads its weights; (None, []) when stage 1 was interrupted."""
     budget = cfg.trainer.max_time
     stage1_dir, ae_cfg = _stage1(cfg, out, budget)
     stats = read_latent_stats(stage1_dir)
@@ -174,14 +213,11 @@ def train_pipeline(cfg: RunConfig, out: Path, *, resume: bool = False,
             train(ae_cfg, stage1_dir, resume=(stage1_dir / CONFIG_YAML).is_file(), callbacks=[*callbacks, stop])
             if stop.reason in SIGNALS:
                 logger.warning("stage 1 interrupted (%s); continue with: genlab train --resume %s", stop.reason, out)
-                return None
+                return None, []
     if stats is None:
         stats = write_latent_stats(stage1_dir)
     ae_model_cfg, _ = read_run(stage1_dir)
     cfg2 = _budget(cfg, share2).model_copy(deep=True)
     cfg2.model = cfg2.model.model_copy(update={"autoencoder": ae_model_cfg.model.net,
                                                "latent_mean": tuple(stats["mean"]), "latent_std": tuple(stats["std"])})
-    # A stage 2 killed before its first checkpoint starts again from step 0: with the stage-1 weights again.
-    fresh = not list_checkpoints(out / CHECKPOINTS)
-    extra = [*callbacks, LoadStage1(stage1_dir)] if fresh else list(callbacks)
-    return train(cfg2, out, resume=(out / CONFIG_YAML).is_file(), callbacks=extra)
+    return cfg2, [LoadStage1(stage1_dir)]

@@ -112,6 +112,8 @@ class T2IModel(DiffusionModel):
         super().__init__(spec, info, optim, net=build_text_network(spec, model_info.shape, info.vocab_size),
                          precond=build_precond(spec, model_info))
         self.autoencoder: nn.Module | None = autoencoder
+        if spec.text.frozen_from is not None:  # loaded by the pipeline (experiments/pipeline.py) before training
+            self.net.text.requires_grad_(False)
         self.model_shape = tuple(model_info.shape)
         self.latent_scale = float(spec.sigma_data) if spec.sigma_data != "auto" else LATENT_SIGMA_DATA
         self.likelihood_unit = None  # no likelihood: a caption-conditional model (and latents) has no pixel bits
