@@ -216,8 +216,12 @@ def _through_stage1(cfg: RunConfig, out: Path, callbacks) -> tuple[RunConfig | N
                 return None, []
     if stats is None:
         stats = write_latent_stats(stage1_dir)
-    ae_model_cfg, _ = read_run(stage1_dir)
-    cfg2 = _budget(cfg, share2).model_copy(deep=True)
-    cfg2.model = cfg2.model.model_copy(update={"autoencoder": ae_model_cfg.model.net,
-                                               "latent_mean": tuple(stats["mean"]), "latent_std": tuple(stats["std"])})
-    return cfg2, [LoadStage1(stage1_dir)]
+    return stage2_config(_budget(cfg, share2), read_run(stage1_dir)[0], stats), [LoadStage1(stage1_dir)]
+
+
+def stage2_config(cfg: RunConfig, stage1: RunConfig, stats: dict) -> RunConfig:
+    """`cfg` with stage 1's network and latent statistics filled in (what stage 2 builds its autoencoder from)."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.model = cfg.model.model_copy(update={"autoencoder": stage1.model.net, "latent_mean": tuple(stats["mean"]),
+                                             "latent_std": tuple(stats["std"])})
+    return cfg

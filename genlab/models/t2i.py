@@ -163,7 +163,7 @@ class T2IModel(DiffusionModel):
     def on_fit_start(self) -> None:
         if self.autoencoder is not None:
             self.autoencoder.eval()
-            self.autoencoder._stats(torch.zeros(1, 1))  # no statistics: a one-line error before the first step
+            self.autoencoder.require_stats()  # no statistics: a one-line error before the first step
 
     def on_train_epoch_start(self) -> None:
         if self.autoencoder is not None:

@@ -131,10 +131,14 @@ class KLAutoencoder(nn.Module):
         self.latent_mean.copy_(mean)
         self.latent_std.copy_(std)
 
-    def _stats(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def require_stats(self) -> None:
+        """A ConfigError unless the latent statistics were measured."""
         if not self.has_stats:
             raise ConfigError("the autoencoder's latent statistics were never measured; train it through "
                               "`genlab train` of a text-to-image config (the pipeline measures them after stage 1)")
+
+    def _stats(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        self.require_stats()
         shape = (1, -1) + (1,) * (z.ndim - 2)
         return self.latent_mean.view(shape).to(z.dtype), self.latent_std.view(shape).to(z.dtype)
 
