@@ -36,14 +36,19 @@ from genlab.data.shape_captions import (
     RELATIONS,
     SHAPES,
     SIZES,
+    CaptionTokenizer,
     ObjectSpec,
     PromptSpec,
+    max_caption_words,
+    parse_caption,
     write_caption,
 )
 from genlab.errors import DataError
 
-__all__ = ["COLOURS", "POSITIONS", "RELATIONS", "SHAPES", "SIZES", "SPLITS", "ShapeObject", "ShapesExample",
-           "evaluation_prompts", "is_heldout", "load_shapes", "render_example", "render_objects", "shapes_data"]
+# The caption grammar's names are re-exported: this module is the dataset's one public face.
+__all__ = ["COLOURS", "POSITIONS", "RELATIONS", "SHAPES", "SIZES", "SPLITS", "CaptionTokenizer", "ObjectSpec",
+           "PromptSpec", "ShapeObject", "ShapesExample", "evaluation_prompts", "is_heldout", "load_shapes",
+           "max_caption_words", "parse_caption", "render_example", "render_objects", "shapes_data"]
 
 NAME = "shapes"  # the registry name
 RESOLUTION = 32

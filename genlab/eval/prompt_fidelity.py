@@ -161,8 +161,8 @@ def score_prompt_fidelity(images: Tensor, prompts: list[str], evaluator: ShapesA
 
 def check_prompts(prompts: list[str], n: int) -> list[str]:
     """`prompts` themselves once they are n and all parse; else a DataError naming the problem."""
-    if len(prompts) != n:
-        raise DataError(f"{len(prompts)} prompts for {n} images; give one prompt per image, in order")
+    if len(prompts) != n or n == 0:
+        raise DataError(f"{len(prompts)} prompts for {n} images; give one prompt per image, in order (at least one)")
     for i, text in enumerate(prompts):
         try:
             parse_caption(text)
