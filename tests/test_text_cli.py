@@ -140,7 +140,8 @@ def test_help_of_the_text_commands():
         proc = genlab_cmd(command, "--help", timeout=60)
         assert proc.returncode == 0 and all(f in proc.stdout for f in flags), proc.stdout
     sample_help = genlab_cmd("sample", "--help", timeout=60).stdout
-    assert "--prompt" not in sample_help and "--top-p" not in sample_help
+    # the text families' options stay off `genlab sample` (its --prompt is the t2i family's caption)
+    assert "--max-new-tokens" not in sample_help and "--top-p" not in sample_help and "t2i: caption" in sample_help
 
 
 # ---------------------------------------------------------------- genlab eval on text runs

@@ -288,13 +288,16 @@ def test_the_shipped_configs_are_all_here():
 def test_every_shipped_config_builds_its_model(path):
     from genlab.data import load_dataset
     from genlab.data.base import DataInfo
-    from genlab.models.registry import build_model
+    from genlab.experiments.pipeline import stage2_config
+    from genlab.models.registry import build_model, family_class
 
-    cfg = load_config(path)
+    cfg = load_config(path, ["data.n=64"] if load_config(path).data.name == "shapes" else [])  # render few scenes
     if cfg.data.name.startswith("text:") and not Path(cfg.data.name.removeprefix("text:")).exists():
         pytest.skip(f"{path.name} reads {cfg.data.name.removeprefix('text:')} (benchmark data in ../shared), "
                     f"absent here")
-    data = load_dataset(cfg.data, "train")
+    if cfg.family == "t2i" and cfg.model.space == "latent":  # as the pipeline does after stage 1
+        cfg = stage2_config(cfg, load_config(cfg.model.stage1), {"mean": [0.0] * 4, "std": [1.0] * 4})
+    data = family_class(cfg.family).training_data(load_dataset(cfg.data, "train"), cfg.model, None)
     model = build_model(cfg.family, cfg.model, DataInfo.of(data), cfg.optim)
     assert model.FAMILY == cfg.family and model.info == DataInfo.of(data), path.name
     assert (model.ema_net is not None) == model.USES_EMA, path.name  # a language model keeps none

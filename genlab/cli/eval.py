@@ -60,8 +60,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                          "adds prompt fidelity (per attribute and overall) read by "
                                                          "the shapes attribute evaluator")
     p.add_argument("--gen-n", type=positive_int, default=64, help="text runs: samples scored by --reference (default 64)")
+    p.add_argument("--guidance", type=float, help="t2i runs: guidance scale of the main draw (default: the run's)")
+    p.add_argument("--guidance-sweep", type=_scales, metavar="G1,G2,...", help="t2i runs: guidance scales of the "
+                   "fidelity/FD sweep (default 1,2,3,5,7.5; \"\" for none)")
+    p.add_argument("--sweep-n", type=positive_int, default=200, help="t2i runs: test prompts per sweep scale "
+                                                                     "(default 200)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return p
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    """A comma-separated list of guidance scales ("" for none)."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def run(args) -> int:
@@ -72,11 +85,14 @@ def run(args) -> int:
     result = evaluate(args.run, real=args.real, samples_file=args.samples, n=args.n, sampler=args.sampler,
                       steps=args.steps, seed=args.seed, features=args.features, n_real=args.n_real,
                       nll_n=args.nll_n, infill_n=args.infill_n, reference=args.reference, gen_n=args.gen_n,
-                      prompts_file=args.prompts)
+                      prompts_file=args.prompts, guidance=args.guidance, guidance_sweep=args.guidance_sweep,
+                      sweep_n=args.sweep_n)
     if args.json:
         print(json.dumps(_jsonable(result), sort_keys=False))
     elif "loss_per_token" in result:
         print_text_result(result)
+    elif result.get("family") in ("t2i", "autoencoder"):
+        print_t2i_result(result)
     else:
         print_table(result)
     return 0
@@ -154,6 +170,31 @@ def print_table(result: dict, file=None) -> None:
         print_fidelity(result["fidelity"], console)
     if result.get("plot"):
         console.print(f"plot: {result['plot']}")
+    if result.get("eval_csv"):
+        console.print(f"appended to {result['eval_csv']}")
+
+
+def print_t2i_result(result: dict, file=None) -> None:
+    """Print a text-to-image run's fidelity, FD and guidance sweep, or an autoencoder's reconstructions."""
+    # lazy: rich is only needed when printing a table
+    from rich.console import Console
+
+    console = Console(file=file or sys.stdout, highlight=False)
+    if result["family"] == "autoencoder":
+        console.print(f"reconstruction PSNR on {result['n']} test images: {result['reconstruction_psnr']:.2f} dB; "
+                      f"FD of the reconstructions:")
+        print_table(result["reconstruction_fd"], file)
+        return
+    console.print(f"{result['space']} t2i, {result['sampler']} x {result['steps']} steps, guidance {result['guidance']:g}: "
+                  f"{result['samples_per_s']:.3g} samples/s ({result['network_evaluations']} network evaluations "
+                  f"per sample)")
+    print_fidelity(result["fidelity"], console)
+    print_table(result["fd"], file)
+    if result["guidance_sweep"]:
+        console.print("guidance sweep (test prompts): guidance, fidelity single / pair / all, FD (floor)")
+        for p in result["guidance_sweep"]:
+            console.print(f"  {p['guidance']:>5g}  {_fmt(p.get('fidelity_single'))} / {_fmt(p.get('fidelity_pair'))} / "
+                          f"{_fmt(p.get('fidelity_all'))}  {_fmt(p['fd'])} ({_fmt(p['floor_fd'])})")
     if result.get("eval_csv"):
         console.print(f"appended to {result['eval_csv']}")
 

@@ -31,6 +31,7 @@ def run(args) -> int:
     from genlab.engine.runs import CONFIG_YAML, read_run
     from genlab.engine.trainer import train
     from genlab.errors import ConfigError
+    from genlab.experiments import pipeline
     from genlab.safepaths import safe_join
 
     max_time = [f"trainer.max_time={args.max_time}"] if args.max_time else []
@@ -39,9 +40,11 @@ def run(args) -> int:
             raise ConfigError("give either a CONFIG or --resume RUN_DIR, not both")
         overrides = ([args.config] if args.config else []) + list(args.overrides)
         run_dir = Path(args.resume)
-        read_run(run_dir)  # a clear error when RUN_DIR is not a run
-        cfg = load_config(run_dir / CONFIG_YAML, overrides + max_time)
-        check_resume_changes(load_config(run_dir / CONFIG_YAML), cfg)  # the library's rule (train() checks it too)
+        source = run_dir / (pipeline.PIPELINE_YAML if pipeline.is_pipeline_folder(run_dir) else CONFIG_YAML)
+        if not pipeline.is_pipeline_folder(run_dir):
+            read_run(run_dir)  # a clear error when RUN_DIR is not a run
+        cfg = load_config(source, overrides + max_time)
+        check_resume_changes(load_config(source), cfg)  # the library's rule (train() checks it too)
         out, resume = run_dir, True
     else:
         if args.config is None:
@@ -50,7 +53,10 @@ def run(args) -> int:
         # --out is the user's choice, wherever it points; the name comes from a file: it stays in runs/
         out, resume = Path(args.out) if args.out else safe_join("runs", cfg.name, "name:"), False
     quiet_lightning(args.verbose)
-    train(cfg, out, resume=resume)
+    if pipeline.is_pipeline(cfg):  # text-to-image: stage 1 (autoencoder, latent space only), then stage 2
+        pipeline.train_pipeline(cfg, out, resume=resume)
+    else:
+        train(cfg, out, resume=resume)
     if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP children re-run this command: report once
         print(f"run folder: {out}")
     return 0

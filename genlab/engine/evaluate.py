@@ -24,6 +24,12 @@ from genlab.data.shapes import NAME as SHAPES_NAME
 from genlab.data.toys import TOYS
 from genlab.engine.memory import check_sample_memory
 from genlab.engine.runs import SAMPLES, load_run_model, read_run
+from genlab.engine.t2i_eval import (
+    DEFAULT_SWEEP,
+    check_t2i_options,
+    evaluate_autoencoder_run,
+    evaluate_t2i_run,
+)
 from genlab.engine.text_eval import evaluate_text_run
 from genlab.errors import ConfigError, DataError
 from genlab.eval import toy as T
@@ -257,13 +263,16 @@ def spec_for_samples(name: str, samples):
 def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, samples_file=None, n: int = 2000,
              sampler: str | None = None, steps: int | None = None, seed: int = 0, features: str = "auto",
              n_real: int | None = None, nll_n: int = 100, infill_n: int = 64, reference=None,
-             gen_n: int = 64, prompts_file=None) -> dict:
+             gen_n: int = 64, prompts_file=None, guidance: float | None = None,
+             guidance_sweep: tuple[float, ...] | None = None, sweep_n: int = 200) -> dict:
     """`genlab eval`: score a run (samples drawn now, or given in `samples_file`) or a file of samples
     against dataset `real`; a run's result is appended to its eval.csv (key "eval_csv"). A text run is
     scored by its validation loss and, on `infill_n` held-out windows, its infill accuracy; with a
     `reference` GPT run, `gen_n` samples' generative perplexity beside their unigram entropy and
     distinct-n (genlab/engine/text_eval.py). With `prompts_file` (one prompt per sample, shapes only), the
-    samples' prompt fidelity is added under "fidelity" (genlab/eval/prompt_fidelity.py).
+    samples' prompt fidelity is added under "fidelity" (genlab/eval/prompt_fidelity.py). A text-to-image run is
+    scored by prompt fidelity, FD and a `guidance_sweep` of `sweep_n` prompts per scale, an autoencoder run by its
+    reconstructions (genlab/engine/t2i_eval.py).
 
     Raises:
         ConfigError: contradictory or incomplete arguments, or an unknown `features` choice.
@@ -291,6 +300,17 @@ def evaluate(run: str | os.PathLike | None = None, *, real: str | None = None, s
     if reference is not None:
         raise ConfigError("--reference scores the samples of a text run; drop it for this run")
     check_features_mode(features)
+    family = read_run(Path(run))[0].family if run else None
+    check_t2i_options(family, guidance=guidance, guidance_sweep=guidance_sweep)
+    if family in ("t2i", "autoencoder") and not samples_file:
+        if family == "t2i":
+            result = evaluate_t2i_run(run, n, sampler, steps, seed, guidance=guidance, features=features,
+                                      sweep=DEFAULT_SWEEP if guidance_sweep is None else guidance_sweep,
+                                      sweep_n=sweep_n, n_real=n_real)
+        else:
+            result = evaluate_autoencoder_run(run, n, seed, features=features, n_real=n_real)
+        result["eval_csv"] = str(append_metrics_csv(run, result))
+        return result
     common = {"n_real": n_real, "seed": seed, "features": features}
     if samples_file:
         samples = load_samples_npz(samples_file)

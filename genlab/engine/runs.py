@@ -50,8 +50,9 @@ def write_run_json(run_dir: Path, cfg: RunConfig, info, tokenizer: TextTokenizer
 
 
 def read_tokenizer(run_dir: Path, info: DataInfo) -> TextTokenizer | None:
-    """A text run's tokenizer, from its tokenizer.json (never retrained, never fetched); None for other runs."""
-    if info.modality != "tokens":
+    """A text run's (or a captioned-image run's) tokenizer, from its tokenizer.json (never retrained, never
+    fetched); None for other runs."""
+    if info.modality != "tokens" and info.vocab_size is None:
         return None
     path = Path(run_dir) / TOKENIZER_JSON
     if not path.is_file():

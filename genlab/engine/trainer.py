@@ -65,7 +65,7 @@ from genlab.engine.runs import (
     write_run_json,
 )
 from genlab.errors import ConfigError
-from genlab.models.registry import build_model
+from genlab.models.registry import build_model, family_class
 from genlab.safepaths import check_run_links
 
 logger = logging.getLogger("genlab")
@@ -156,7 +156,8 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
     saved = read_run(out)[1] if resume or (child and (out / RUN_JSON).is_file()) else None
     tokenizer = read_tokenizer(out, saved) if saved is not None else None
     data = load_dataset(cfg.data, "train", tokenizer=tokenizer)
-    tokenizer = getattr(data, "tokenizer", None)  # a text corpus's; None for images and vectors
+    data = family_class(cfg.family).training_data(data, cfg.model, tokenizer)  # t2i: captions encoded
+    tokenizer = getattr(data, "tokenizer", None)  # a text corpus's or a caption tokenizer; None for other data
     if saved is not None and saved.corpus is not None and DataInfo.of(data).corpus.train_sha256 != saved.corpus.train_sha256:
         raise ConfigError(f"the training text of {cfg.data.name} changed since the run started (its sha256 differs "
                           f"from run.json's); restore it, or start a new run")
@@ -176,7 +177,7 @@ def _train_locked(cfg: RunConfig, out: Path, resume: bool, child: bool, extra: S
         fixed = 0 if child else check_parameter_memory(lambda: build_model(cfg.family, cfg.model, info, cfg.optim),
                                                        accelerator)
         model = build_model(cfg.family, cfg.model, info, cfg.optim)
-    if info.modality == "tokens":
+    if tokenizer is not None:
         model.set_tokenizer(tokenizer)
     if ckpt is not None:  # a checkpoint of another architecture: a clear error, not Lightning's traceback
         load_weights(model, ckpt, out / CONFIG_YAML)

@@ -70,6 +70,13 @@ class GenerativeModule(pl.LightningModule):
         self.info = info
         self.optim = optim
 
+    @classmethod
+    def training_data(cls, data, spec, tokenizer):
+        """The training split as this family reads it (default: as loaded); a text-to-image family encodes the
+        captions with `tokenizer` (the run's, or None for the dataset's own) and returns a dataset that has a
+        `tokenizer` and describes itself (`data_info()`)."""
+        return data
+
     def sampling_net(self, ema: bool = True) -> nn.Module:
         """The network used for sampling: the EMA copy (default, where the family keeps one) or the raw weights."""
         return self.ema_net if ema and self.ema_net is not None else self.net

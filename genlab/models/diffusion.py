@@ -87,10 +87,12 @@ class DiffusionModel(GenerativeModule):
     LIKELIHOOD = ("-log2 p(x) / D by the probability-flow ODE (Song et al. 2021): 8-bit pixels (quantised, then "
                   "uniformly dequantised) for images; the continuous density for vectors")
 
-    def __init__(self, spec: DiffusionSpec, info: DataInfo, optim) -> None:
-        super().__init__(build_network(spec, info), info, optim)
+    def __init__(self, spec: DiffusionSpec, info: DataInfo, optim, *, net: nn.Module | None = None,
+                 precond: Preconditioner | None = None) -> None:
+        """`net` and `precond` default to those of `spec` for `info` (a family built on this one passes its own)."""
+        super().__init__(net if net is not None else build_network(spec, info), info, optim)
         self.spec = spec
-        self.precond = build_precond(spec, info)
+        self.precond = precond if precond is not None else build_precond(spec, info)
         self.likelihood_unit = BPD_8BIT if info.modality == "image" else BPD_CONTINUOUS
         self.num_classes = _num_classes(spec, info)
         self.loss_fn = partial(pseudo_huber_loss, c=spec.huber_c) if spec.loss == "pseudo-huber" else LOSSES[spec.loss]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from genlab.data.base import DataInfo
 from genlab.errors import ConfigError, unknown_name_error
+from genlab.models.autoencoder import AutoencoderModel
 from genlab.models.base import GenerativeModule
 from genlab.models.diffusion import DiffusionModel
 from genlab.models.gan import GANModel
@@ -11,6 +12,7 @@ from genlab.models.gpt import GPTModel
 from genlab.models.mdlm import MDLMModel
 from genlab.models.pixelcnn import PixelCNNModel
 from genlab.models.rbm import DBNModel, RBMModel
+from genlab.models.t2i import T2IModel
 from genlab.models.vae import VAEModel
 
 # The `model:` section of each family is validated by genlab.models.specs.FAMILY_SPECS[name].
@@ -23,6 +25,8 @@ FAMILIES: dict[str, type[GenerativeModule]] = {
     "dbn": DBNModel,
     "gpt": GPTModel,
     "mdlm": MDLMModel,
+    "autoencoder": AutoencoderModel,
+    "t2i": T2IModel,
 }
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from genlab.errors import ConfigError
 from genlab.nn.attention import attention
+from genlab.nn.cross_attention import CrossAttention, pooled_context
 from genlab.nn.embeddings import ConditionEmbedding
 from genlab.nn.unet import ResolutionError, zero_init
 
@@ -77,7 +78,8 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class DiTBlock(nn.Module):
     """A transformer block with adaLN-Zero conditioning (see the module docstring)."""
 
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, dropout: float = 0.0) -> None:
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, dropout: float = 0.0,
+                 context_dim: int | None = None) -> None:
         super().__init__()
         if hidden % num_heads:
             raise ConfigError(f"DiT width {hidden} is not divisible by num_heads={num_heads}")
@@ -90,6 +92,8 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
                                  nn.Linear(inner, hidden))
         self.ada = zero_init(nn.Linear(hidden, 6 * hidden))  # adaLN-Zero: every gate starts at 0
+        # Text conditioning: cross-attention between self-attention and MLP (PixArt-alpha, Sec. 2.3).
+        self.cross = CrossAttention(hidden, context_dim, num_heads) if context_dim is not None else None
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
@@ -97,10 +101,13 @@ class DiTBlock(nn.Module):
         out = attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """x (B, N, hidden) tokens, c (B, hidden) conditioning -> (B, N, hidden)."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, hidden) tokens, c (B, hidden) conditioning (and the caption, see DiT) -> (B, N, hidden)."""
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(c).chunk(6, dim=1)
         x = x + gate_a[:, None] * self.attention(modulate(self.norm1(x), shift_a, scale_a))
+        if self.cross is not None:
+            x = self.cross(x, context, context_mask)
         return x + gate_m[:, None] * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
 
 
@@ -119,6 +126,8 @@ class DiT(nn.Module):
         dropout: dropout in attention and MLP.
         num_classes: number of classes for class conditioning, or ``None``.
         embedding: noise embedding, a key of ``genlab.nn.embeddings.NOISE_EMBEDDINGS``.
+        context_dim: width of caption tokens for text conditioning (a cross-attention layer in every block,
+            their masked mean added to the conditioning vector), or ``None``.
     """
 
     def __init__(
@@ -134,6 +143,7 @@ class DiT(nn.Module):
         dropout: float = 0.0,
         num_classes: int | None = None,
         embedding: str = "positional",
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         if patch_size < 1 or hidden < 4 or depth < 1 or mlp_ratio <= 0:
@@ -146,7 +156,9 @@ class DiT(nn.Module):
         self.register_buffer("pos", sincos_position_embedding(hidden, grid, grid), persistent=False)
         self.patch = nn.Conv2d(in_channels, hidden, patch_size, stride=patch_size)
         self.embedding = ConditionEmbedding(hidden, hidden, num_classes, embedding)
-        self.blocks = nn.ModuleList(DiTBlock(hidden, num_heads, mlp_ratio, dropout) for _ in range(depth))
+        self.context_dim = context_dim
+        self.context_emb = nn.Linear(context_dim, hidden) if context_dim is not None else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden, num_heads, mlp_ratio, dropout, context_dim) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.out_ada = zero_init(nn.Linear(hidden, 2 * hidden))
         self.out = zero_init(nn.Linear(hidden, patch_size * patch_size * out_channels))
@@ -163,13 +175,16 @@ class DiT(nn.Module):
             return self.pos
         return sincos_position_embedding(self.hidden, rows, cols).to(self.pos.device)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run the network.
 
         Args:
             x: (B, in_channels, H, W), H and W multiples of ``patch_size``.
             c_noise: (B,) float noise labels (a 0-d tensor is broadcast to the batch).
             cond: optional (B,) int64 class labels; ``num_classes`` or ``None`` = no label.
+            context, context_mask: (B, L, context_dim) caption tokens and their (B, L) bool mask (True at
+                real tokens); required exactly when built with ``context_dim``.
 
         Returns:
             (B, out_channels, H, W) in the dtype of ``x``.
@@ -183,10 +198,14 @@ class DiT(nn.Module):
         if c_noise.shape != (b,):
             raise ValueError(f"c_noise must have shape ({b},), got {tuple(c_noise.shape)}")
         c = self.embedding(c_noise, cond)  # (B, hidden), already through SiLU
+        if (context is None) != (self.context_dim is None):
+            raise ValueError("a DiT built with context_dim needs context and context_mask, and only it takes them")
+        if context is not None:
+            c = c + self.context_emb(pooled_context(context, context_mask))
         p = self.patch_size
         tokens = self.patch(x).flatten(2).transpose(1, 2) + self.position_embedding(h // p, w // p)
         for block in self.blocks:
-            tokens = block(tokens, c)
+            tokens = block(tokens, c, context, context_mask)
         shift, scale = self.out_ada(c).chunk(2, dim=1)
         out = self.out(modulate(self.out_norm(tokens), shift, scale))  # (B, N, p * p * C)
         return unpatchify(out, p, self.out_channels, h, w).to(x.dtype)

@@ -21,6 +21,7 @@ from torch import nn
 
 from genlab.errors import ConfigError
 from genlab.nn.attention import attention
+from genlab.nn.cross_attention import CrossAttention, pooled_context
 from genlab.nn.embeddings import ConditionEmbedding
 
 __all__ = ["UNet", "UNetBlock", "SelfAttention2d", "Downsample", "Upsample", "ResolutionError", "group_norm"]
@@ -102,6 +103,7 @@ class UNetBlock(nn.Module):
         emb_dim: int,
         dropout: float = 0.0,
         num_heads: int | None = None,
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.norm1 = group_norm(in_channels)
@@ -112,13 +114,19 @@ class UNetBlock(nn.Module):
         self.conv2 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
         self.attention = SelfAttention2d(out_channels, num_heads) if num_heads is not None else None
+        # Text conditioning (latent diffusion): cross-attention to the caption after the self-attention.
+        with_cross = num_heads is not None and context_dim is not None
+        self.cross = CrossAttention(out_channels, context_dim, num_heads) if with_cross else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor | None = None,
+                context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the block.
 
         Args:
             x: (B, C_in, H, W) feature map.
             emb: (B, emb_dim) conditioning vector from :class:`ConditionEmbedding`.
+            context, context_mask: (B, L, context_dim) caption tokens and (B, L) bool mask (True at real
+                tokens), for a block built with ``context_dim``.
 
         Returns:
             (B, C_out, H, W).
@@ -129,6 +137,8 @@ class UNetBlock(nn.Module):
         h = self.skip(x) + self.conv2(self.dropout(h))
         if self.attention is not None:
             h = self.attention(h)
+        if self.cross is not None:
+            h = self.cross.forward_2d(h, context, context_mask)
         return h
 
 
@@ -181,6 +191,8 @@ class UNet(nn.Module):
         dropout: dropout probability inside the residual blocks.
         num_classes: number of classes for class conditioning, or ``None``.
         embedding: noise embedding, a key of ``genlab.nn.embeddings.NOISE_EMBEDDINGS``.
+        context_dim: width of caption tokens for text conditioning (cross-attention at every attention
+            resolution and in the middle, and their masked mean added to the conditioning vector), or ``None``.
     """
 
     def __init__(
@@ -196,6 +208,7 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_classes: int | None = None,
         embedding: str = "positional",
+        context_dim: int | None = None,
     ) -> None:
         super().__init__()
         channel_mult = tuple(channel_mult)
@@ -224,6 +237,8 @@ class UNet(nn.Module):
         emb_dim = 4 * channels
         self.embedding = ConditionEmbedding(emb_dim, channels, num_classes, embedding)
         self.num_classes = num_classes
+        self.context_dim = context_dim
+        self.context_emb = nn.Linear(context_dim, emb_dim) if context_dim is not None else None
         self.input_conv = nn.Conv2d(in_channels, channels, 3, padding=1)
 
         # Encoder: every module's output is kept as a skip connection.
@@ -233,7 +248,7 @@ class UNet(nn.Module):
         for level, mult in enumerate(channel_mult):
             heads = num_heads if level_resolutions[level] in attention_resolutions else None
             for _ in range(num_res_blocks):
-                self.down.append(UNetBlock(ch, channels * mult, emb_dim, dropout, heads))
+                self.down.append(UNetBlock(ch, channels * mult, emb_dim, dropout, heads, context_dim))
                 ch = channels * mult
                 skip_channels.append(ch)
             if level != len(channel_mult) - 1:
@@ -241,7 +256,7 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
 
         self.mid = nn.ModuleList([
-            UNetBlock(ch, ch, emb_dim, dropout, num_heads),
+            UNetBlock(ch, ch, emb_dim, dropout, num_heads, context_dim),
             UNetBlock(ch, ch, emb_dim, dropout),
         ])
 
@@ -250,7 +265,8 @@ class UNet(nn.Module):
         for level, mult in reversed(list(enumerate(channel_mult))):
             heads = num_heads if level_resolutions[level] in attention_resolutions else None
             for _ in range(num_res_blocks + 1):
-                self.up.append(UNetBlock(ch + skip_channels.pop(), channels * mult, emb_dim, dropout, heads))
+                self.up.append(UNetBlock(ch + skip_channels.pop(), channels * mult, emb_dim, dropout, heads,
+                                          context_dim))
                 ch = channels * mult
             if level != 0:
                 self.up.append(Upsample(ch))
@@ -267,7 +283,8 @@ class UNet(nn.Module):
                 f"image size {height}x{width} is not a positive multiple of {f} = 2**(len(channel_mult)-1) "
                 f"for channel_mult={self.channel_mult}; resize/pad the images or use fewer levels")
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None,
+                context: torch.Tensor | None = None, context_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run the network.
 
         Args:
@@ -275,6 +292,8 @@ class UNet(nn.Module):
                 ``2**(len(channel_mult) - 1)``. Contiguous or channels_last.
             c_noise: (B,) float noise labels (a 0-d tensor is broadcast to the batch).
             cond: optional (B,) int64 class labels; ``num_classes`` or ``None`` = no label.
+            context, context_mask: (B, L, context_dim) caption tokens and their (B, L) bool mask (True at
+                real tokens, at least one per row); required exactly when built with ``context_dim``.
 
         Returns:
             (B, out_channels, H, W) in the dtype of ``x``.
@@ -287,18 +306,22 @@ class UNet(nn.Module):
         if c_noise.shape != (x.shape[0],):
             raise ValueError(f"c_noise must have shape ({x.shape[0]},), got {tuple(c_noise.shape)}")
         emb = self.embedding(c_noise, cond)  # (B, 4 * channels)
+        if (context is None) != (self.context_dim is None):
+            raise ValueError("a U-Net built with context_dim needs context and context_mask, and only it takes them")
+        if context is not None:
+            emb = emb + self.context_emb(pooled_context(context, context_mask))
 
         h = self.input_conv(x)
         skips = [h]
         for module in self.down:
-            h = module(h) if isinstance(module, Downsample) else module(h, emb)
+            h = module(h) if isinstance(module, Downsample) else module(h, emb, context, context_mask)
             skips.append(h)
         for module in self.mid:
-            h = module(h, emb)
+            h = module(h, emb, context, context_mask)
         for module in self.up:
             if isinstance(module, Upsample):
                 h = module(h)
             else:
-                h = module(torch.cat([h, skips.pop()], dim=1), emb)
+                h = module(torch.cat([h, skips.pop()], dim=1), emb, context, context_mask)
         out = self.out_conv(F.silu(self.out_norm(h)))
         return out.to(x.dtype)  # under autocast the last conv returns bf16
