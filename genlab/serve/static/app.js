@@ -72,6 +72,7 @@ function optionInput(o) {
 }
 
 async function selectRun(id) {
+  if (id === state.run && $("options").dataset.run === id) return;  // already shown: keep what was typed
   state.run = id;
   for (const tr of $("runs").querySelectorAll("tbody tr")) tr.classList.toggle("selected", tr.dataset.run === id);
   const info = await api(`/api/runs/${encodeURIComponent(id).replace(/%2F/g, "/")}/options`);
