@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from genlab.experiments.compare.figures import new_figure, save_figure
-from genlab.experiments.compare.report import _write_text, to_html, to_markdown
+from genlab.experiments.pages import to_html, to_markdown, write_text
 from genlab.experiments.sweep.settings import read_settings
 from genlab.experiments.sweep.space import as_overrides
 from genlab.experiments.sweep.study import best_trial, load_study, optuna, read_space
@@ -166,6 +166,6 @@ def write_report(folder: Path) -> dict[str, Path]:
     blocks = report_blocks(folder, study, space, settings, scores, figures)
     out = {"trials_csv": write_trials_csv(study, space.keys(), folder / TRIALS_CSV),
            "report_md": folder / "report.md", "report_html": folder / "report.html"}
-    _write_text(out["report_md"], to_markdown(blocks))
-    _write_text(out["report_html"], to_html(blocks, f"Sweep {folder.name}"))
+    write_text(out["report_md"], to_markdown(blocks))
+    write_text(out["report_html"], to_html(blocks, f"Sweep {folder.name}"))
     return out
