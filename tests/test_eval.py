@@ -457,3 +457,13 @@ def test_cli_argument_errors_exit_2(tmp_path):
     assert _cli([]) == 2  # neither RUN_DIR nor --real
     assert _cli(["--real", "digits"]) == 2  # --real without --samples
     assert _cli(["--real", "digits", "--samples", str(tmp_path / "x.npz"), "--features", "inceptoin"]) == 2
+
+
+def test_an_unwritable_evaluator_cache_warns_and_evaluation_goes_on(tmp_path, caplog):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be")
+    with caplog.at_level("WARNING", logger="genlab.eval"):
+        cache.store_entry(blocked, "entry", {"w": torch.zeros(2)}, {"name": "x"})
+    assert "cannot write the evaluator cache" in caplog.text and "GENLAB_CACHE" in caplog.text
+    with pytest.raises(OSError):
+        cache.write_entry(blocked, "entry", {"w": torch.zeros(2)}, {"name": "x"})

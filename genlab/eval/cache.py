@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, save
 from torch import Tensor
+
+logger = logging.getLogger("genlab.eval")
 
 CACHE_ENV = "GENLAB_CACHE"
 XDG_ENV = "XDG_CACHE_HOME"
@@ -118,6 +121,16 @@ def write_entry(folder: Path, stem: str, state: dict[str, Tensor], meta: dict) -
     _write_atomic(weights_path, save(state))
     _write_atomic(json_path, json.dumps(meta, indent=2, sort_keys=True).encode("utf-8"))
     return json_path
+
+
+def store_entry(folder: Path, stem: str, state: dict[str, Tensor], meta: dict) -> None:
+    """`write_entry`, warning instead of failing where the cache cannot be written: a read-only home must not
+    stop evaluation, only its caching."""
+    try:
+        write_entry(folder, stem, state, meta)
+    except OSError as err:
+        logger.warning("cannot write the evaluator cache in %s (%s); set GENLAB_CACHE to a writable folder",
+                       folder, err)
 
 
 def read_entry(folder: Path, stem: str, expect: dict) -> tuple[CacheEntry | None, str]:

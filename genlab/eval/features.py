@@ -337,11 +337,7 @@ def trained_evaluator(train: TensorData, test: TensorData, config: EvaluatorConf
     meta = {"config": config.to_dict(), "data_fingerprint": fingerprint, "dataset": train.name,
             "accuracy": evaluator.accuracy, "n_train": len(train), "n_test": len(test),
             "train_seconds": round(seconds, 3), "name": name}
-    try:
-        cache.write_entry(folder, stem, dict(net.state_dict()), meta)
-    except OSError as err:  # a read-only home must not stop evaluation, only its caching
-        logger.warning("cannot write the evaluator cache in %s (%s); set GENLAB_CACHE to a writable folder",
-                       folder, err)
+    cache.store_entry(folder, stem, dict(net.state_dict()), meta)
     return evaluator
 
 

@@ -308,9 +308,5 @@ def shapes_attribute_evaluator(config: AttrConfig | None = None, root=None) -> S
     meta = {"config": config.to_dict(), "data_fingerprint": fingerprint, "dataset": SHAPES_NAME,
             "accuracy": evaluator.accuracy, "accuracy_n": ACCURACY_N, "train_seconds": round(seconds, 3),
             "name": evaluator.name}
-    try:
-        cache.write_entry(folder, stem, dict(net.state_dict()), meta)
-    except OSError as err:  # a read-only home must not stop evaluation, only its caching
-        logger.warning("cannot write the evaluator cache in %s (%s); set GENLAB_CACHE to a writable folder",
-                       folder, err)
+    cache.store_entry(folder, stem, dict(net.state_dict()), meta)
     return evaluator
