@@ -398,6 +398,48 @@ def test_a_missing_logger_extra_is_a_one_line_error(tmp_path, monkeypatch):
         "MetricsCSVLogger", "TensorBoardLogger"]
 
 
+def test_sample_previews_reach_tensorboard_as_images_at_their_steps(tmp_path):
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import (
+        IMAGES,
+        EventAccumulator,
+    )
+
+    from genlab.engine.config import load_config
+    from genlab.engine.trainer import train
+
+    cfg = load_config(GAUSS_CONFIG, [*TINY, "trainer.max_steps=20", "trainer.sample_every=10", "trainer.sample_n=64"])
+    run = train(cfg, tmp_path / "run")
+    events = EventAccumulator(str(run / "tb"), size_guidance={IMAGES: 0})
+    events.Reload()
+    images = events.Images("samples")
+    assert [im.step for im in images] == [10, 20]
+    with Image.open(sorted((run / "samples").glob("step-*.png"))[-1]) as grid:
+        assert (images[-1].width, images[-1].height) == grid.size  # the grid written to the run folder
+
+
+@pytest.mark.slow  # MLflow's imports and database set-up take seconds; skipped without mlflow
+def test_mlflow_logs_metrics_config_and_sample_previews_into_the_run_folder(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from genlab.engine.config import load_config
+    from genlab.engine.trainer import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing may land in ./mlruns of the working directory
+    cfg = load_config(GAUSS_CONFIG, [*TINY, "trainer.max_steps=20", "trainer.loggers=[csv,mlflow]", "eval.every=10",
+                                     "eval.n=32", "trainer.sample_every=10", "trainer.log_every=5"])
+    run = train(cfg, tmp_path / "run")
+    client = MlflowClient(tracking_uri=f"sqlite:///{run.resolve() / 'mlflow.db'}")
+    [record] = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    assert [m.step for m in client.get_metric_history(record.info.run_id, "eval/mmd2")] == [10, 20]
+    assert record.data.params["optim/lr"] == str(cfg.optim.lr)
+    previews = sorted(a.path for a in client.list_artifacts(record.info.run_id, "samples"))
+    assert previews == ["samples/step-000000010.png", "samples/step-000000020.png"]
+    assert (run / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+
+
 @pytest.mark.slow  # wandb starts a service process: ~45 s on a busy 2-core machine; skipped without wandb
 def test_wandb_logs_offline_into_the_run_folder_with_metrics_and_config(tmp_path):
     pytest.importorskip("wandb")
@@ -405,7 +447,7 @@ def test_wandb_logs_offline_into_the_run_folder_with_metrics_and_config(tmp_path
     from genlab.engine.trainer import train
 
     cfg = load_config(GAUSS_CONFIG, [*TINY, "trainer.max_steps=20", "trainer.loggers=[csv,wandb]", "eval.every=10",
-                                     "eval.n=32", "trainer.log_every=5"])
+                                     "eval.n=32", "trainer.log_every=5", "trainer.sample_every=10"])
     run = train(cfg, tmp_path / "run")
     [offline] = (run / "wandb").glob("offline-run-*")  # offline: nothing left the machine
     path, record, waited = next(offline.glob("run-*.wandb")), b"", 0.0
@@ -414,3 +456,4 @@ def test_wandb_logs_offline_into_the_run_folder_with_metrics_and_config(tmp_path
         waited += 0.5
         record = path.read_bytes()
     assert b"eval/mmd2" in record and b"train/" in record and b"optim" in record
+    assert len(list((offline / "files" / "media" / "images").glob("samples_*.png"))) == 2  # the previews

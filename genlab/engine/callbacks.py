@@ -22,6 +22,7 @@ from genlab.data.batches import mix_seed
 from genlab.engine.checkpoint import checkpoint_name, prune_checkpoints
 from genlab.engine.config import RunConfig
 from genlab.engine.evaluate import append_metrics_csv, drop_training_rows_after
+from genlab.engine.loggers import log_preview
 from genlab.engine.nonfinite import NonFiniteGuard, training_tensors
 from genlab.engine.text_eval import TEXT_METRICS, text_scores
 from genlab.eval.scores import IMAGE_METRICS, POINT_METRICS, evaluate_samples
@@ -119,7 +120,8 @@ class SampleGrid(Callback):
         self.last = step
         g = torch.Generator().manual_seed(mix_seed(self.seed, 3))  # the same noise at every step
         with self.clock.paused():  # sampling costs differ wildly between families: not training time
-            pl_module.preview(pl_module.sample(self.n, generator=g), self.folder / f"step-{step:09d}")
+            path = pl_module.preview(pl_module.sample(self.n, generator=g), self.folder / f"step-{step:09d}")
+            log_preview(trainer.loggers, path, step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if _is_step_end(trainer, batch_idx) and trainer.global_step % self.every == 0:
