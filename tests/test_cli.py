@@ -344,6 +344,14 @@ def test_bad_image_folder(case, victim, tmp_path, cli):
     assert_train_error(cli, args, phrases, tmp_path / "fresh", victim)
 
 
+@pytest.mark.parametrize("stray", ["notakey", "--no-such-flag", "-x=1"])
+def test_a_stray_argument_after_the_options_is_refused(stray, victim, tmp_path, cli):
+    assert_user_error(cli, ["train", GAUSS_CONFIG, *TINY, "--out", tmp_path / "fresh", stray], "unrecognized arguments",
+                      stray, unchanged=(victim,))
+    assert not (tmp_path / "fresh").exists()
+    assert_user_error(cli, ["sample", victim, "seed=1"], "unrecognized arguments", "seed=1", unchanged=(victim,))
+
+
 def test_train_into_an_existing_run_suggests_resume(victim, cli):
     assert_user_error(cli, ["train", GAUSS_CONFIG, *TINY, "--out", victim], "already holds a run", "--resume",
                       unchanged=(victim,))

@@ -150,8 +150,8 @@ def test_max_time_stops_early_with_checkpoint_and_grid(tmp_path, caplog):
 
     out = tmp_path / "run"
     with caplog.at_level(logging.WARNING, logger="genlab"):
-        rc = main(["train", str(GAUSS_CONFIG), *TINY, "trainer.max_steps=100000", "--max-time", "0.001",
-                   "--out", str(out)])
+        rc = main(["train", str(GAUSS_CONFIG), *TINY, "--max-time", "0.001", "--out", str(out),
+                   "trainer.max_steps=100000"])  # an override after the options counts too
     assert rc == 0
     ckpts = list_checkpoints(out / CHECKPOINTS)
     assert len(ckpts) == 1
@@ -160,6 +160,7 @@ def test_max_time_stops_early_with_checkpoint_and_grid(tmp_path, caplog):
     assert load_checkpoint(ckpts[0])["global_step"] == step
     assert (out / SAMPLES / f"step-{step:09d}.png").is_file()
     assert load_config(out / CONFIG_YAML).trainer.max_time == pytest.approx(0.001)
+    assert load_config(out / CONFIG_YAML).trainer.max_steps == 100000
     assert any("--resume" in r.getMessage() for r in caplog.records)
 
 
