@@ -36,7 +36,7 @@ from genlab.experiments.augment.design import (
 from genlab.experiments.augment.diagnostics import memorisation
 from genlab.experiments.augment.generators import GENERATORS, GeneratorJob
 from genlab.experiments.augment.leakage import LeakageError, check_seen, image_hashes
-from genlab.experiments.augment.report import paired_p
+from genlab.experiments.augment.report import paired_p, synthetic_over_classic
 from genlab.experiments.augment.study import Context, augment, make_cell, synthetic_arms
 
 TINY_CLASSIFIER = ClassifierConfig(steps=20, batch_size=32, width=8, feature_dim=16)
@@ -130,6 +130,21 @@ def test_paired_p():
     assert paired_p([0.5], [0.4]) is None
     assert paired_p([0.5, 0.6], [0.5, 0.6]) == 1.0
     assert paired_p([0.9, 0.8, 0.85], [0.5, 0.41, 0.47]) < 0.01
+
+
+def test_synthetic_over_classic_pairs_seeds_against_the_classic_arm():
+    """The sentence isolates the synthetic images: differences from real+classic (not real-only), paired by seed."""
+    rows = []
+    for seed, base in enumerate((0.80, 0.90, 0.85)):
+        rows += [{"shots": 5, "generator": "none", "arm": "real", "seed": seed, "test_acc": base - 0.2},
+                 {"shots": 5, "generator": "none", "arm": "real+classic", "seed": seed, "test_acc": base},
+                 {"shots": 5, "generator": "gan", "arm": "real+classic+synthetic", "seed": seed,
+                  "test_acc": base + 0.02 + 0.001 * seed},
+                 {"shots": 5, "generator": "vae", "arm": "real+classic+synthetic", "seed": seed,
+                  "test_acc": base + (0.01, -0.01, 0.0)[seed]}]
+    [sentence] = synthetic_over_classic(rows)
+    assert "gan +0.021" in sentence and "vae +0.000" in sentence
+    assert sentence.endswith("beyond noise better with gan.")
 
 
 # ---------------------------------------------------------------- leakage guards

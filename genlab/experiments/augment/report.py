@@ -120,8 +120,9 @@ def verdict(s: ArmSummary) -> str:
     return f"within noise of real-only (paired t-test p = {s.p:.2g})"
 
 
-def conclusions(summaries: list[ArmSummary], diagnostics: list[dict]) -> list[str]:
-    """Sentences computed from the numbers: per shot count, what beats real-only beyond noise; memorisation."""
+def conclusions(summaries: list[ArmSummary], diagnostics: list[dict], rows: list[dict] = ()) -> list[str]:
+    """Sentences computed from the numbers: per shot count, what beats real-only beyond noise and what synthetic
+    images add to classic augmentation (from results.csv `rows`); memorisation."""
     out = []
     for shots in sorted({s.shots for s in summaries}, key=_shot_order):
         here = [s for s in summaries if s.shots == shots and s.arm != "real"]
@@ -143,8 +144,39 @@ def conclusions(summaries: list[ArmSummary], diagnostics: list[dict]) -> list[st
         if worse:
             head += f" Beyond noise worse: {', '.join(f'{name(s)} ({s.diff:+.3f})' for s in worse)}."
         out.append(head)
+    out += synthetic_over_classic(list(rows))
     for d in _memorisation_summary(diagnostics):
         out.append(d)
+    return out
+
+
+def synthetic_over_classic(rows: list[dict]) -> list[str]:
+    """Per shot count, what the synthetic images add on top of classic augmentation: real+classic+synthetic
+    against real+classic, paired over seeds (the comparison that isolates the synthetic images)."""
+    by_key: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r["arm"] in ("real+classic", "real+classic+synthetic"):
+            by_key.setdefault((str(r["shots"]), r["generator"], r["arm"]), {})[int(r["seed"])] = float(r["test_acc"])
+    out = []
+    for shots in sorted({k[0] for k in by_key}, key=_shot_order):
+        classic = by_key.get((shots, NO_GENERATOR, "real+classic"), {})
+        parts, better = [], []
+        for (sh, gen, arm), by_seed in sorted(by_key.items()):
+            if sh != shots or arm != "real+classic+synthetic":
+                continue
+            seeds = sorted(set(by_seed) & set(classic))
+            if not seeds:
+                continue
+            a, b = [by_seed[k] for k in seeds], [classic[k] for k in seeds]
+            diff, p = statistics.fmean(x - y for x, y in zip(a, b)), paired_p(a, b)
+            parts.append(f"{gen} {diff:+.3f}" + (f" (p = {p:.2g})" if p is not None else ""))
+            if p is not None and p < ALPHA and diff > 0:
+                better.append(gen)
+        if parts:
+            verdict_text = (f"beyond noise better with {', '.join(better)}" if better else
+                            "no generator adds beyond noise")
+            out.append(f"At {shots} shots, synthetic images on top of classic augmentation (real+classic+synthetic "
+                       f"against real+classic, paired over seeds): {', '.join(parts)}; {verdict_text}.")
     return out
 
 
@@ -309,7 +341,7 @@ def write_report(s: AugmentSettings, cells: list[dict], evaluator: Evaluator, se
               f"{fmt(evaluator.accuracy, 3)} on it). Wall time {seconds:.0f} s (cells reused from earlier runs "
               f"count as 0)."),
         ("code", s.command or "genlab augment"),
-        ("h2", "Conclusions (computed from results.csv)"), ("ul", conclusions(summaries, diag)),
+        ("h2", "Conclusions (computed from results.csv)"), ("ul", conclusions(summaries, diag, rows)),
         ("h2", "Test accuracy by arm"), ("table", *_table(summaries)),
         ("img", f"{FIGURES}/{accuracy_figure(summaries, list(s.generators), figures / 'accuracy.png').name}",
          "Test accuracy vs labelled images per class; error bars: standard error over seeds."),
