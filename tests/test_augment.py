@@ -244,6 +244,19 @@ def _write_folder(root: Path, classes: tuple[str, ...], per_class: int) -> Path:
     return root
 
 
+def test_generators_train_at_the_data_size_not_their_config_size(tmp_path):
+    """configs/digits-*.yaml are 16x16: on 8x8 folder images (or 32x32 shapes) the generator is trained and draws at
+    the data's own size, so its images pool with the real ones."""
+    folder = _write_folder(tmp_path / "imgs", ("a", "b"), 6)
+    train, _ = load_splits(f"folder:{folder}")
+    assert train.shape[-2:] == (8, 8)
+    labelled = torch.arange(len(train))
+    job = GeneratorJob("vae", f"folder:{folder}", labelled, train.x, train.y, 2, 0, 0.5, tmp_path / "vae", None, 1.0)
+    GENERATORS["vae"].train(job)
+    draw = GENERATORS["vae"].load(job)
+    assert draw(torch.tensor([0, 1, 1]), torch.Generator().manual_seed(0)).shape == (3, *train.shape)
+
+
 def test_folder_data_runs_end_to_end(tmp_path):
     folder = _write_folder(tmp_path / "imgs", ("a", "b"), 15)
     s = AugmentSettings(data=f"folder:{folder}", shots=(3,), generators=("copy",), ratios=(1.0,), seeds=1,

@@ -72,7 +72,12 @@ def _run_config(family: str, job: GeneratorJob, subset: list[int], extra: tuple[
     if config_dir is None:
         raise ConfigError("cannot find the configs/ folder of the genlab checkout; give --config-dir")
     path, base = family_config(family, job.data, config_dir)
-    overrides = [*base, *extra, f"seed={job.seed}", f"data.subset={json.dumps(subset)}",
+    h, w = job.x.shape[-2:]
+    if h != w:
+        raise ConfigError(f"genlab augment's generators need square images; {job.data} holds {w}x{h} images")
+    # The generator sees the study's images at their own size: the family's config may be written for
+    # another resolution (configs/digits-*.yaml are 16x16; shapes and folders come at theirs).
+    overrides = [*base, *extra, f"seed={job.seed}", f"data.resolution={h}", f"data.subset={json.dumps(subset)}",
                  f"trainer.max_steps={MAX_STEPS}", f"trainer.max_time={budget:g}", "trainer.progress=false",
                  f"trainer.ckpt_every={MAX_STEPS}", f"trainer.sample_every={MAX_STEPS}", "eval.every=null",
                  "eval.every_seconds=null"]
