@@ -39,7 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "fidelity of the synthetic sets. Writes OUT/report.html, report.md and results.csv; finished "
                     "cells in OUT are reused.",
         epilog=EPILOG)
-    p.add_argument("--data", default="digits", help="digits or folder:PATH with one sub-folder per class "
+    p.add_argument("--data", default="digits", help="digits, shapes (labelled by the shape of the "
+                                                     "first object) or folder:PATH with one sub-folder per class "
                                                      "(default digits)")
     p.add_argument("--shots", default=DEFAULTS["shots"], help="labelled images per class, comma-separated, 'all' "
                                                               f"for the whole train split (default {DEFAULTS['shots']})")

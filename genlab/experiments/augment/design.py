@@ -117,8 +117,8 @@ def load_splits(data: str) -> tuple[TensorData, TensorData]:
     spec = DataSpec(name=data)
     train, test = load_dataset(spec, "train"), load_dataset(spec, "test")
     if not isinstance(train, TensorData) or train.modality != "image":
-        raise DataError(f"genlab augment trains an image classifier; {data} holds no images (use digits or "
-                        f"folder:PATH)")
+        raise DataError(f"genlab augment trains an image classifier; {data} holds no images (use digits, "
+                        f"shapes or folder:PATH)")
     if train.y is None or (train.num_classes or 0) < 2:
         raise DataError(f"genlab augment needs labelled images of at least 2 classes, but {data} has no labels; "
                         f"put the images in one sub-folder per class (folder:PATH/<class>/<image>)")
