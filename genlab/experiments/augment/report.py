@@ -88,20 +88,30 @@ def arm_label(row: dict) -> str | None:
     return row["arm"]
 
 
-def summarise(rows: list[dict]) -> list[ArmSummary]:
-    """One ArmSummary per (shots, generator, arm), arms in ARM_ORDER; real-only arms have generator "none"."""
+def accuracy_by_seed(rows: list[dict]) -> dict[tuple[str, str, str], dict[int, float]]:
+    """{(shots, generator, summary arm): {seed: test accuracy}} of results.csv rows (see `arm_label`)."""
     by_key: dict[tuple, dict[int, float]] = {}
     for r in rows:
         label = arm_label(r)
         if label is not None:
             by_key.setdefault((str(r["shots"]), r["generator"], label), {})[int(r["seed"])] = float(r["test_acc"])
+    return by_key
+
+
+def paired_difference(arm: dict[int, float], base: dict[int, float]) -> tuple[float | None, float | None]:
+    """Mean over the seeds both have of (arm - base) and its paired t-test p (None: no shared seed / fewer than 2)."""
+    seeds = sorted(set(arm) & set(base))
+    a, b = [arm[s] for s in seeds], [base[s] for s in seeds]
+    return (statistics.fmean(x - y for x, y in zip(a, b)) if seeds else None), paired_p(a, b)
+
+
+def summarise(rows: list[dict]) -> list[ArmSummary]:
+    """One ArmSummary per (shots, generator, arm), arms in ARM_ORDER; real-only arms have generator "none"."""
+    by_key = accuracy_by_seed(rows)
     out = []
     for (shots, gen, arm), by_seed in by_key.items():
         real = by_key.get((shots, NO_GENERATOR, "real"), {})
-        seeds = sorted(set(by_seed) & set(real))
-        a, b = [by_seed[s] for s in seeds], [real[s] for s in seeds]
-        diff = statistics.fmean([x - y for x, y in zip(a, b)]) if seeds and arm != "real" else None
-        p = paired_p(a, b) if arm != "real" else None
+        diff, p = (None, None) if arm == "real" else paired_difference(by_seed, real)
         out.append(ArmSummary(shots, gen, arm, tuple(by_seed[s] for s in sorted(by_seed)), diff, p))
     return sorted(out, key=lambda s: (_shot_order(s.shots), s.generator != NO_GENERATOR, s.generator,
                                       ARM_ORDER.index(s.arm)))
@@ -120,7 +130,7 @@ def verdict(s: ArmSummary) -> str:
     return f"within noise of real-only (paired t-test p = {s.p:.2g})"
 
 
-def conclusions(summaries: list[ArmSummary], diagnostics: list[dict], rows: list[dict] = ()) -> list[str]:
+def conclusions(summaries: list[ArmSummary], diagnostics: list[dict], rows: list[dict]) -> list[str]:
     """Sentences computed from the numbers: per shot count, what beats real-only beyond noise and what synthetic
     images add to classic augmentation (from results.csv `rows`); memorisation."""
     out = []
@@ -144,7 +154,7 @@ def conclusions(summaries: list[ArmSummary], diagnostics: list[dict], rows: list
         if worse:
             head += f" Beyond noise worse: {', '.join(f'{name(s)} ({s.diff:+.3f})' for s in worse)}."
         out.append(head)
-    out += synthetic_over_classic(list(rows))
+    out += synthetic_over_classic(rows)
     for d in _memorisation_summary(diagnostics):
         out.append(d)
     return out
@@ -153,10 +163,7 @@ def conclusions(summaries: list[ArmSummary], diagnostics: list[dict], rows: list
 def synthetic_over_classic(rows: list[dict]) -> list[str]:
     """Per shot count, what the synthetic images add on top of classic augmentation: real+classic+synthetic
     against real+classic, paired over seeds (the comparison that isolates the synthetic images)."""
-    by_key: dict[tuple, dict[int, float]] = {}
-    for r in rows:
-        if r["arm"] in ("real+classic", "real+classic+synthetic"):
-            by_key.setdefault((str(r["shots"]), r["generator"], r["arm"]), {})[int(r["seed"])] = float(r["test_acc"])
+    by_key = accuracy_by_seed(rows)
     out = []
     for shots in sorted({k[0] for k in by_key}, key=_shot_order):
         classic = by_key.get((shots, NO_GENERATOR, "real+classic"), {})
@@ -164,11 +171,9 @@ def synthetic_over_classic(rows: list[dict]) -> list[str]:
         for (sh, gen, arm), by_seed in sorted(by_key.items()):
             if sh != shots or arm != "real+classic+synthetic":
                 continue
-            seeds = sorted(set(by_seed) & set(classic))
-            if not seeds:
+            diff, p = paired_difference(by_seed, classic)
+            if diff is None:
                 continue
-            a, b = [by_seed[k] for k in seeds], [classic[k] for k in seeds]
-            diff, p = statistics.fmean(x - y for x, y in zip(a, b)), paired_p(a, b)
             parts.append(f"{gen} {diff:+.3f}" + (f" (p = {p:.2g})" if p is not None else ""))
             if p is not None and p < ALPHA and diff > 0:
                 better.append(gen)
