@@ -65,7 +65,7 @@ def genlab_train_step(model, batch: dict, optimizer: torch.optim.Optimizer | Non
     model's own (`configure_optimizers`, the trainer's AdamW)."""
     import warnings
 
-    from genlab.engine.trainer import ema_update
+    from genlab.engine.callbacks import ema_update
 
     o = model.optim
     opt = optimizer or model.configure_optimizers()["optimizer"]

@@ -266,3 +266,54 @@ def test_editing_options_need_an_init_image():
         model.sample(1, mask="m.png")
     with pytest.raises(ConfigError, match="cannot be read as an image"):
         model.sample(1, init_image="/nonexistent.png")
+
+
+class PositionOnlyNet(torch.nn.Module):
+    """A stand-in denoiser network whose output reads one caption word alone: +1 where it says "top",
+    and only in the top row of the image, so only the position attribute can move it."""
+
+    def __init__(self, word_id: int) -> None:
+        super().__init__()
+        self.word_id = word_id
+
+    def forward(self, x, c_noise, cond):
+        says_top = (cond == self.word_id).any(1).to(x.dtype)  # (B,)
+        out = torch.zeros_like(x)
+        out[:, :, 0] = says_top[:, None, None]
+        return out
+
+
+def test_contrast_prompts_differ_in_one_attribute_only():
+    from genlab.data.shape_captions import parse_caption
+    from genlab.data.shapes import PROMPT_ATTRIBUTES, contrast_prompts, is_heldout
+
+    for attribute in PROMPT_ATTRIBUTES:
+        pairs = contrast_prompts(attribute, 20, seed=3)
+        assert len(pairs) == 20 and pairs == contrast_prompts(attribute, 20, seed=3)
+        for a, b in pairs:
+            (oa,), (ob,) = parse_caption(a).objects, parse_caption(b).objects
+            changed = [k for k in PROMPT_ATTRIBUTES if getattr(oa, k) != getattr(ob, k)]
+            assert changed == [attribute], (a, b)
+            assert not is_heldout([oa]) and not is_heldout([ob])
+    with pytest.raises(DataError, match="unknown attribute"):
+        contrast_prompts("texture", 2)
+
+
+def test_prompt_sensitivity_sees_only_the_attribute_the_network_reads():
+    from genlab.engine.t2i_eval import prompt_sensitivity
+
+    model = t2i_model()
+    top = TOKENIZER.encode(["top"], 1)[0][0, 0].item()
+    model.ema_net = PositionOnlyNet(top)
+    sens = prompt_sensitivity(model, sigmas=(4.0, 0.5), pairs=64)
+    assert sens["sigmas"] == pytest.approx([4.0 * model.precond.sigma_data, 0.5 * model.precond.sigma_data])
+    for attribute in ("shape", "colour", "size"):
+        assert sens[attribute] == [0.0, 0.0]  # same noise, same words but this one: the prediction is unchanged
+    assert all(m > 0 for m in sens["position"])  # some pairs gain or lose "top"
+    # the model's own network reads every word: every attribute moves its prediction
+    vp = T2IModel(T2ISpec(space="pixel", unet=TINY_UNET, text=TINY_TEXT, precond="vp"), info(), OptimSpec())
+    vp.set_tokenizer(TOKENIZER)
+    randomise(vp.net)
+    for model in (t2i_model("pixel"), t2i_model("latent"), vp):  # vp has no sigma_data: the data's std is the unit
+        sens = prompt_sensitivity(model, sigmas=(4.0,), pairs=8, ema=False)
+        assert all(sens[a][0] > 0 for a in ("shape", "colour", "size", "position"))

@@ -51,6 +51,9 @@ def test_eval_t2i_run_reports_fidelity_fd_sweep_and_speed(pixel_run, capsys):
     assert math.isfinite(result["fd"]["fd"]) and math.isfinite(result["fd"]["floor"]["fd"])
     assert [p["guidance"] for p in result["guidance_sweep"]] == [1.0, 4.0]
     assert result["samples_per_s"] > 0 and result["network_evaluations"] == 2 * 2  # 2 dpmpp-2m steps x 2 guidance branches
+    sens = result["prompt_sensitivity"]
+    assert len(sens["sigmas"]) == len(sens["position"]) == 6 and {"shape", "colour", "size"} <= set(sens)
+    assert all(math.isfinite(m) and m >= 0 for m in sens["colour"])
     assert (pixel_run / "eval.csv").is_file()
 
 

@@ -195,6 +195,13 @@ def print_t2i_result(result: dict, file=None) -> None:
         for p in result["guidance_sweep"]:
             console.print(f"  {p['guidance']:>5g}  {_fmt(p.get('fidelity_single'))} / {_fmt(p.get('fidelity_pair'))} / "
                           f"{_fmt(p.get('fidelity_all'))}  {_fmt(p['fd'])} ({_fmt(p['floor_fd'])})")
+    if result.get("prompt_sensitivity"):
+        sens = result["prompt_sensitivity"]
+        console.print("prompt sensitivity (how far the prediction moves when one attribute changes, / sigma_data) "
+                      "at sigma " + ", ".join(f"{s:.3g}" for s in sens["sigmas"]))
+        for attribute, moved in sens.items():
+            if attribute != "sigmas":
+                console.print(f"  {attribute:<9} " + "  ".join(f"{m:.3f}" for m in moved))
     if result.get("eval_csv"):
         console.print(f"appended to {result['eval_csv']}")
 

@@ -242,6 +242,28 @@ def evaluation_prompts(split: str = "test", n: int = 500, seed: int = SPLIT_SEED
     return prompts
 
 
+#: the attributes of a single-object prompt, and their values
+PROMPT_ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES, "position": POSITIONS}
+
+
+def contrast_prompts(attribute: str, k: int, seed: int = 0) -> list[tuple[str, str]]:
+    """k pairs of single-object prompts that differ in `attribute` alone (one template, no held-out pair),
+    e.g. ("a large red circle at the top left", "a large red circle at the bottom"): the probe of which
+    noise levels a text-to-image denoiser reads each attribute at (`genlab.engine.t2i_eval.prompt_sensitivity`)."""
+    if attribute not in PROMPT_ATTRIBUTES:
+        raise DataError(f"unknown attribute {attribute!r}; choose one of: {', '.join(PROMPT_ATTRIBUTES)}")
+    rng = np.random.default_rng(seed)
+    pick = lambda values: values[rng.integers(len(values))]
+    pairs = []
+    while len(pairs) < k:
+        a = {name: pick(values) for name, values in PROMPT_ATTRIBUTES.items()}
+        b = {**a, attribute: pick([v for v in PROMPT_ATTRIBUTES[attribute] if v != a[attribute]])}
+        if kinds_heldout([(a["colour"], a["shape"])]) or kinds_heldout([(b["colour"], b["shape"])]):
+            continue
+        pairs.append(tuple(f"a {o['size']} {o['colour']} {o['shape']} at the {o['position']}" for o in (a, b)))
+    return pairs
+
+
 def label_of(example: ShapesExample, label: str) -> int:
     """Class of an example: its first object's shape index, or shape * len(COLOURS) + colour index."""
     first = example.objects[0]
