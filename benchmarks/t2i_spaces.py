@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                       step_s=step_seconds(run, args.repeats),
                       samples_per_s=samples_per_second(run, args.n_speed, args.repeats))
         result = evaluate_t2i_run(run, n=args.n, sweep=())
-        record["fidelity"] = {g: {k: v for k, v in result["fidelity"][g].items()}
-                              for g in ("single", "pair", "heldout")}
+        record["fidelity"] = {g: result["fidelity"][g] for g in ("single", "pair", "heldout")}
         record["fd"], record["floor_fd"] = result["fd"]["fd"], result["fd"]["floor"]["fd"]
         record["prompt_sensitivity"] = result["prompt_sensitivity"]
         records[space] = record
