@@ -75,7 +75,8 @@ def trained_steps(run: Path) -> int:
 
 
 def step_seconds(run: Path, repeats: int) -> float:
-    """Median seconds of one whole training step of `run`'s model on a batch of its config's size."""
+    """Median seconds of one whole training step of `run`'s model on a batch of its config's size.
+    The timed steps change the weights, so this copy is private: sampling and scoring load the run afresh."""
     cfg, _ = read_run(run)
     model = load_run_model(run).train()
     n = cfg.optim.batch_size
