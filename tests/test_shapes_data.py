@@ -23,7 +23,10 @@ from genlab.data.shapes import (
     CELL,
     HELDOUT_COMBOS,
     HELDOUT_PAIRS,
+    ROTATION_JITTER,
     SPLITS,
+    UPRIGHT,
+    ShapeObject,
     is_heldout,
     render_example,
     render_objects,
@@ -69,6 +72,27 @@ def test_objects_lie_in_their_cells_with_their_colour():
             # the centre pixel of a drawn object is (almost) exactly its colour, unless another object covers it
             pixel = render_objects([o])[int(o.cy), int(o.cx)]
             assert np.abs(pixel.astype(int) - np.array(COLOURS[o.colour])).max() <= 64
+
+
+def test_polygons_turn_a_jitter_away_from_upright():
+    turns = {"square": [], "triangle": []}
+    for i in range(300):
+        for o in render_example(0, i, "train").objects:
+            if o.shape in turns:
+                turns[o.shape].append(o.angle - UPRIGHT[o.shape])
+    for shape, t in turns.items():
+        t = np.array(t)
+        assert len(t) > 50 and np.abs(t).max() <= ROTATION_JITTER, shape
+        assert t.std() > ROTATION_JITTER / 3, shape  # jittered (uniform: std = jitter / sqrt 3), not fixed
+    # upright: a square's top edge is level (its top row as wide as its middle one), a triangle's apex is up
+    def widths(shape: str) -> np.ndarray:
+        image = render_objects([ShapeObject(shape, "white", "large", "center", 16.0, 16.0, 4.0, UPRIGHT[shape])])
+        full = (image[..., 0] == 255).sum(1)
+        return full[full > 0]
+
+    square, triangle = widths("square"), widths("triangle")
+    assert square[0] == square[len(square) // 2] >= 6
+    assert triangle[0] <= 2 and triangle[-1] >= 6
 
 
 def test_heldout_combinations_never_reach_train_val_test():

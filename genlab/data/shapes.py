@@ -61,6 +61,12 @@ SIZE_RANGES = {"small": (2.6, 3.1), "large": (4.0, 4.6)}
 SQUARE_HALF_SIDE = 0.88
 TRIANGLE_RADIUS = 1.3
 JITTER = 0.75  # largest offset (px) of an object's centre from its cell's centre, per axis
+#: largest turn (rad) of a polygon away from its upright pose (a square's sides level, a triangle's apex up).
+#: A jitter, not a free rotation: a square turned by up to 45 degrees is a round blob at 4 px, and a
+#: diffusion model trained minutes averages the turns into one (squares generated as circles).
+ROTATION_JITTER = math.radians(15)
+#: the upright pose: angle (rad) of the first corner in `_vertices` (y points down)
+UPRIGHT = {"circle": 0.0, "square": math.pi / 4, "triangle": -math.pi / 2}
 P_TWO = 0.5  # share of two-object scenes
 SPLITS = ("train", "val", "test", "heldout")
 _SPLIT_STREAM = {"train": 0, "val": 1, "test": 2, "heldout": 3, "evaluator": 4}
@@ -125,7 +131,8 @@ def make_object(rng: np.random.Generator, colour: str, shape: str, cell: int) ->
     row, col = divmod(cell, GRID)
     cx = (col + 0.5) * CELL + rng.uniform(-JITTER, JITTER)
     cy = (row + 0.5) * CELL + rng.uniform(-JITTER, JITTER)
-    return ShapeObject(shape, colour, size, POSITIONS[cell], cx, cy, rng.uniform(lo, hi), rng.uniform(0, 2 * math.pi))
+    angle = UPRIGHT[shape] + rng.uniform(-ROTATION_JITTER, ROTATION_JITTER)
+    return ShapeObject(shape, colour, size, POSITIONS[cell], cx, cy, rng.uniform(lo, hi), angle)
 
 
 def random_kind(rng: np.random.Generator) -> tuple[str, str]:
