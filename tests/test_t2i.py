@@ -174,6 +174,30 @@ def test_prompt_dropout_rate_matches_config():
     assert torch.equal(dropped[~is_null], ids[~is_null])
 
 
+@pytest.mark.parametrize("lr_scale", [0.25, 0.0])
+def test_caption_encoder_learns_at_its_own_rate(lr_scale):
+    """Adam's first step moves every parameter with a gradient by its rate (|m / sqrt(v)| = 1): optim.lr in the
+    denoiser, optim.lr * text.lr_scale in the caption encoder (0: frozen at its random initialisation)."""
+    lr = 1e-3
+    spec = T2ISpec(space="pixel", unet=TINY_UNET, text={**TINY_TEXT, "lr_scale": lr_scale})
+    torch.manual_seed(0)
+    model = T2IModel(spec, info(), OptimSpec(lr=lr, warmup_steps=0, lr_schedule="constant"))
+    randomise(model.net)
+    opt = model.configure_optimizers()["optimizer"]
+    before = {k: v.clone() for k, v in model.net.named_parameters()}
+    ids, mask = TOKENIZER.encode(["a red circle at the top", "a tiny blue square"], 16)
+    model.net(torch.randn(2, 3, RES, RES), torch.randn(2), ids.masked_fill(~mask, PAD_ID)).square().mean().backward()
+    opt.step()
+    for name, p in model.net.named_parameters():
+        moved = (p.detach() - before[name]).abs()
+        rate = lr * lr_scale if name.startswith("text.") else lr
+        if p.grad is None:
+            assert rate == 0 and not p.requires_grad and moved.max() == 0, name
+            continue
+        big = p.grad.abs() > 1e-5  # Adam's eps (1e-8) is negligible against these gradients
+        torch.testing.assert_close(moved[big], torch.full_like(moved[big], rate), rtol=1e-2, atol=0)
+
+
 def test_unknown_prompt_word_is_named():
     with pytest.raises(DataError, match="purple"):
         t2i_model().prompt_ids("a purple circle")

@@ -46,7 +46,7 @@ from genlab.diffusion.precond import precondition
 from genlab.diffusion.samplers import get_sampler
 from genlab.errors import CheckpointError, ConfigError
 from genlab.models.autoencoder import build_autoencoder
-from genlab.models.base import eval_mode
+from genlab.models.base import ParamGroup, eval_mode
 from genlab.models.diffusion import DiffusionModel, build_precond
 from genlab.models.specs import T2ISpec
 from genlab.models.specs import t2i as specs_t2i
@@ -112,12 +112,22 @@ class T2IModel(DiffusionModel):
         super().__init__(spec, info, optim, net=build_text_network(spec, model_info.shape, info.vocab_size),
                          precond=build_precond(spec, model_info))
         self.autoencoder: nn.Module | None = autoencoder
-        if spec.text.frozen_from is not None:  # loaded by the pipeline (experiments/pipeline.py) before training
+        if spec.text.frozen_from is not None or spec.text.lr_scale == 0:  # frozen_from: loaded by the pipeline
             self.net.text.requires_grad_(False)
         self.model_shape = tuple(model_info.shape)
         self.latent_scale = float(spec.sigma_data) if spec.sigma_data != "auto" else LATENT_SIGMA_DATA
         self.likelihood_unit = None  # no likelihood: a caption-conditional model (and latents) has no pixel bits
         self.tokenizer = None
+
+    def optimizer_groups(self) -> list[ParamGroup]:
+        """One optimiser; the caption encoder's rate is optim.lr * text.lr_scale (one parameter group at scale 1,
+        so runs from before the option resume)."""
+        lr = self.optim.lr
+        if self.spec.text.lr_scale == 1.0:
+            return super().optimizer_groups()
+        return [ParamGroup("net", [{"params": list(self.net.backbone.parameters()), "lr": lr},
+                                   {"params": list(self.net.text.parameters()), "lr": lr * self.spec.text.lr_scale}],
+                           lr)]
 
     # ---------------------------------------------------------------- data and tokenizer
 

@@ -23,6 +23,8 @@ class TextEncoderSpec(Spec):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     frozen_from: str | None = Field(None, description="a t2i run folder whose caption encoder is loaded and frozen "
                                                       "(None: trained jointly from scratch)")
+    lr_scale: float = Field(1.0, ge=0.0, le=10.0, description="learning rate of the caption encoder over optim.lr "
+                                                              "(0: it keeps its random initialisation)")
 
 
 class T2ISpec(DiffusionSpec):
