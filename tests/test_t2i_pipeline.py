@@ -3,6 +3,7 @@ statistics in stage 2, exact resume of either stage, an existing stage-1 run, an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from genlab.experiments.pipeline import (
     LATENT_STATS,
     PIPELINE_YAML,
     STAGE1_DIR,
+    TEXT_PRETRAIN,
+    pretrain_text,
     read_latent_stats,
     train_pipeline,
 )
@@ -37,7 +40,7 @@ T2I_TINY = ["data.n=48", "data.resolution=16", "model.unet.channels=16", "model.
             "model.unet.attention_resolutions=[4,2]", "model.text.d_model=16", "model.text.n_layers=1",
             "model.text.n_heads=2", "model.steps=2", "optim.batch_size=8", "optim.warmup_steps=2",
             "trainer.max_steps=4", "trainer.max_time=null", "trainer.progress=false", "trainer.sample_n=4",
-            "trainer.ckpt_every=100", "trainer.precision=32"]
+            "trainer.ckpt_every=100", "trainer.precision=32", "model.text.pretrain_steps=5"]
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +141,8 @@ def test_frozen_text_encoder_from_an_earlier_run(straight, tmp_path):
     """model.text.frozen_from: the caption encoder is the earlier run's (its EMA weights), in the network and its EMA,
     unchanged by training (the rest trains)."""
     out = train_pipeline(tiny_cfg(tmp_path, f"model.stage1={straight / STAGE1_DIR}",
-                                  f"model.text.frozen_from={straight}", "optim.lr=0.01"), tmp_path / "run")
+                                  f"model.text.frozen_from={straight}", "model.text.pretrain_steps=0",
+                                  "optim.lr=0.01"), tmp_path / "run")
     source, trained = weights(straight), weights(out)
     text = [k.removeprefix("ema_net.") for k in source if k.startswith("ema_net.text.")]
     assert text and all(torch.equal(source["ema_net." + k], trained[prefix + k])
@@ -146,4 +150,20 @@ def test_frozen_text_encoder_from_an_earlier_run(straight, tmp_path):
     assert not torch.equal(source["net.backbone.input_conv.weight"], trained["net.backbone.input_conv.weight"])
     with pytest.raises(ConfigError, match="is not a t2i run"):
         train_pipeline(tiny_cfg(tmp_path, f"model.stage1={straight / STAGE1_DIR}",
-                                f"model.text.frozen_from={straight / STAGE1_DIR}"), tmp_path / "bad")
+                                f"model.text.frozen_from={straight / STAGE1_DIR}", "model.text.pretrain_steps=0"),
+                       tmp_path / "bad")
+
+
+def test_stage2_starts_from_the_pretrained_caption_encoder(straight, tmp_path):
+    """model.text.pretrain_steps: the caption encoder stage 2 starts from, in the network and its EMA, is the one
+    caption pretraining gives (kept to the end here by text.lr_scale=0); text_pretrain.json reports it."""
+    cfg = tiny_cfg(tmp_path, f"model.stage1={straight / STAGE1_DIR}", "model.text.pretrain_steps=20",
+                   "model.text.lr_scale=0")
+    out = train_pipeline(cfg, tmp_path / "run")
+    again = tmp_path / "again"
+    again.mkdir()
+    state, _ = pretrain_text(cfg, again)
+    trained = weights(out)
+    assert state and all(torch.equal(value, trained[prefix + "text." + name])
+                         for name, value in state.items() for prefix in ("net.", "ema_net."))
+    assert json.loads((out / TEXT_PRETRAIN).read_text())["steps"] == 20

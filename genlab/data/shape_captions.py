@@ -176,15 +176,44 @@ def parse_caption(caption: str) -> PromptSpec:
             object, or no position and no relation.
     """
     words = check_words(caption)
+    found = _find_relation(words)
+    if found is not None:
+        i, k, relation = found
+        a, b = _parse_object(words[:i], caption), _parse_object(words[i + k :], caption)
+        return PromptSpec((a, b), relation)
+    obj = _parse_object(words, caption)
+    return PromptSpec((ObjectSpec(obj.shape, obj.colour, obj.size, _parse_position(words, caption)),))
+
+
+def _find_relation(words: list[str]) -> tuple[int, int, str] | None:
+    """(first word, length, relation) of the relation phrase in `words`, None when there is none."""
     for phrase, relation in _RELATION_OF:
         k = len(phrase)
         hits = [i for i in range(len(words) - k + 1) if tuple(words[i : i + k]) == phrase]
         if hits:
-            i = hits[0]
-            a, b = _parse_object(words[:i], caption), _parse_object(words[i + k :], caption)
-            return PromptSpec((a, b), relation)
-    obj = _parse_object(words, caption)
-    return PromptSpec((ObjectSpec(obj.shape, obj.colour, obj.size, _parse_position(words, caption)),))
+            return hits[0], k, relation
+    return None
+
+
+def spatial_order(relation: str | None) -> tuple[int, ...]:
+    """Indices of a prompt's objects (`PromptSpec.objects`) in spatial order: of two objects, the one the
+    relation puts to the left of (or above) the other comes first. (0,) for one object (relation None)."""
+    if relation is None:
+        return (0,)
+    return (0, 1) if relation in ("to the left of", "above") else (1, 0)
+
+
+def word_roles(caption: str) -> list[int]:
+    """For each word of a caption, the spatial rank (see `spatial_order`) of the object whose phrase it is in, or
+    -1 for a relation word: a one-object caption is all 0; "a red circle to the right of a blue square" is
+    1 1 1 -1 -1 -1 -1 0 0 0 (the square is the left one)."""
+    words = check_words(caption)
+    found = _find_relation(words)
+    if found is None:
+        return [0] * len(words)
+    i, k, relation = found
+    order = spatial_order(relation)
+    return [order.index(0)] * i + [-1] * k + [order.index(1)] * (len(words) - i - k)
 
 
 def max_caption_words() -> int:

@@ -17,7 +17,9 @@ Stage 2 starts with the stage-1 weights copied into its frozen autoencoder (a ca
 statistics in its config (`model.latent_mean`, `model.latent_std`), so every stage-2 checkpoint holds them:
 sampling never reads the stage-1 folder again. A pixel-space t2i config (`model.space: pixel`) is stage 2
 alone. With `model.text.frozen_from: T2I_RUN` the caption encoder of that run is copied in the same way
-(into the network and its EMA copy) and stays frozen.
+(into the network and its EMA copy) and stays frozen. With `model.text.pretrain_steps: N` a fresh caption
+encoder is first trained alone on the training captions (genlab/models/caption_pretrain.py; RUN/text_pretrain.json
+reports it, and its seconds come out of stage 2's time budget), then copied in the same way.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ import logging
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from genlab.data import load_dataset
+from genlab.data.batches import mix_seed
+from genlab.data.captions import caption_ids, dataset_caption_tokenizer
 from genlab.engine.callbacks import StopConditions
 from genlab.engine.checkpoint import list_checkpoints
 from genlab.engine.config import (
@@ -41,6 +46,8 @@ from genlab.engine.config import (
 from genlab.engine.runs import CHECKPOINTS, CONFIG_YAML, load_run_model, read_run
 from genlab.engine.trainer import train
 from genlab.errors import CheckpointError, ConfigError
+from genlab.models.caption_pretrain import pretrain_caption_encoder
+from genlab.models.t2i import build_text_encoder
 from genlab.nn.autoencoder import measure_latent_stats
 
 logger = logging.getLogger("genlab")
@@ -48,6 +55,10 @@ logger = logging.getLogger("genlab")
 PIPELINE_YAML = "pipeline.yaml"
 STAGE1_DIR = "autoencoder"
 LATENT_STATS = "latent_stats.json"
+#: what caption pretraining reports (pretrain_text)
+TEXT_PRETRAIN = "text_pretrain.json"
+#: captions per step of caption pretraining
+PRETRAIN_BATCH = 128
 #: training images the latent statistics are measured on (their standard error is ~1% of the std)
 STATS_IMAGES = 10_000
 #: stop reasons of StopConditions that mean "interrupted" rather than "budget spent" (engine/callbacks.py)
@@ -90,23 +101,54 @@ class LoadStage1(Callback):
 
 
 class LoadTextEncoder(Callback):
-    """Copies the caption encoder of an earlier t2i run into a fresh model's network and its EMA copy
-    (`model.text.frozen_from`; the model keeps it frozen)."""
+    """Copies caption-encoder weights into a fresh model's network and its EMA copy: those of an earlier t2i
+    run (`model.text.frozen_from`; the model keeps them frozen), or those caption pretraining gave.
 
-    def __init__(self, source: Path) -> None:
-        self.source = source
+    Args:
+        source: what the weights are, for the error message.
+        state: the weights, or None to read them from the t2i run `source` (its EMA weights, as sampled).
+    """
+
+    def __init__(self, source: Path | str, state: dict | None = None) -> None:
+        self.source, self.state = source, state
 
     def setup(self, trainer: pl.Trainer, pl_module, stage: str) -> None:
-        cfg, _ = read_run(self.source)
-        if cfg.family != "t2i":
-            raise ConfigError(f"model.text.frozen_from={self.source} is not a t2i run ({cfg.family}); give a t2i run folder")
-        state = load_run_model(self.source).sampling_net().text.state_dict()  # the EMA weights, as sampled
+        state = self.state if self.state is not None else _run_text_encoder(Path(self.source))
         try:
             for net in (pl_module.net, pl_module.ema_net):
                 net.text.load_state_dict(state)
         except RuntimeError as err:
             raise ConfigError(f"the caption encoder of {self.source} does not fit model.text "
                               f"({str(err).splitlines()[-1].strip()}); use the same model.text settings") from None
+
+
+def _run_text_encoder(source: Path) -> dict:
+    """The caption encoder's EMA weights of the t2i run `source`."""
+    cfg, _ = read_run(source)
+    if cfg.family != "t2i":
+        raise ConfigError(f"model.text.frozen_from={source} is not a t2i run ({cfg.family}); give a t2i run folder")
+    return load_run_model(source).sampling_net().text.state_dict()
+
+
+def pretrain_text(cfg: RunConfig, out: Path) -> tuple[dict, float]:
+    """Caption pretraining (`model.text.pretrain_steps`, genlab/models/caption_pretrain.py) of a fresh caption
+    encoder on the training captions; returns its weights and the seconds it took, and writes them with its
+    accuracies to RUN/text_pretrain.json."""
+    data = load_dataset(cfg.data, "train")
+    tokenizer = dataset_caption_tokenizer(data)  # stage 2 builds its run's tokenizer the same way
+    t = cfg.model.text
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(mix_seed(cfg.seed, 1))
+        encoder = build_text_encoder(t, tokenizer.vocab_size)
+    result = pretrain_caption_encoder(encoder, caption_ids(tokenizer, data.captions, t.max_len), data.captions,
+                                      t.pretrain_steps, lr=cfg.optim.lr, batch_size=PRETRAIN_BATCH,
+                                      seed=mix_seed(cfg.seed, 2))
+    tmp = out / (TEXT_PRETRAIN + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    tmp.replace(out / TEXT_PRETRAIN)
+    logger.warning("caption pretraining: %d steps in %.1f s; scenes read right %.3f, word roles %.3f (training "
+                   "captions)", result["steps"], result["seconds"], result["scene_accuracy"], result["role_accuracy"])
+    return encoder.state_dict(), result["seconds"]
 
 
 def write_latent_stats(stage1_dir: Path) -> dict:
@@ -137,12 +179,12 @@ def read_latent_stats(stage1_dir: Path) -> dict | None:
         raise CheckpointError(f"{path} is corrupt ({err}); delete it and resume to measure it again") from None
 
 
-def _budget(cfg: RunConfig, share: float) -> RunConfig:
-    """`cfg` with `share` of its time budget (unchanged without one)."""
+def _budget(cfg: RunConfig, share: float, spent: float = 0.0) -> RunConfig:
+    """`cfg` with `share` of its time budget, less `spent` seconds (unchanged without a budget)."""
     if cfg.trainer.max_time is None:
         return cfg
     cfg = cfg.model_copy(deep=True)
-    cfg.trainer.max_time = cfg.trainer.max_time * share
+    cfg.trainer.max_time = max(cfg.trainer.max_time * share - spent, 1.0)
     return cfg
 
 
@@ -191,11 +233,16 @@ def train_pipeline(cfg: RunConfig, out: Path, *, resume: bool = False,
         cfg2, extra = _through_stage1(cfg, out, callbacks)
         if cfg2 is None:
             return None
-    # A stage 2 killed before its first checkpoint starts again from step 0: with the loaded weights again.
-    if not list_checkpoints(out / CHECKPOINTS):
-        extra += [LoadTextEncoder(Path(cfg.model.text.frozen_from))] if cfg.model.text.frozen_from else []
-    else:
+    # A stage 2 killed before its first checkpoint starts again from step 0: with the loaded (or pretrained,
+    # the same again) caption encoder.
+    if list_checkpoints(out / CHECKPOINTS):
         extra = []
+    elif cfg.model.text.frozen_from:
+        extra += [LoadTextEncoder(cfg.model.text.frozen_from)]
+    elif cfg.model.text.pretrain_steps:
+        state, seconds = pretrain_text(cfg2, out)
+        cfg2 = _budget(cfg2, 1.0, spent=seconds)  # the pipeline's time budget includes the pretraining
+        extra += [LoadTextEncoder("caption pretraining", state)]
     return train(cfg2, out, resume=(out / CONFIG_YAML).is_file(), callbacks=[*callbacks, *extra])
 
 

@@ -69,13 +69,18 @@ def drop_captions(ids: Tensor, u: Tensor, p_uncond: float) -> Tensor:
     return torch.where((u < p_uncond)[:, None].to(ids.device), torch.full_like(ids, PAD_ID), ids)
 
 
+def build_text_encoder(t: specs_t2i.TextEncoderSpec, vocab_size: int) -> TextEncoder:
+    """The caption encoder of `model.text`."""
+    return TextEncoder(vocab_size, t.max_len, t.d_model, t.n_layers, t.n_heads, t.dropout)
+
+
 def build_text_network(spec: T2ISpec, shape: tuple[int, ...], vocab_size: int) -> TextConditionedNet:
     """The caption encoder and the U-Net / DiT with cross-attention, for inputs of `shape` (C, H, W)."""
     c, h, w = shape
     if h != w:
         raise ConfigError(f"model.net={spec.net} needs square inputs, got {h}x{w}")
+    text = build_text_encoder(spec.text, vocab_size)
     t = spec.text
-    text = TextEncoder(vocab_size, t.max_len, t.d_model, t.n_layers, t.n_heads, t.dropout)
     net_class, net_spec = (UNet, spec.unet) if spec.net == "unet" else (DiT, spec.dit)
     backbone = net_class(in_channels=c, out_channels=c, resolution=h, context_dim=t.d_model, **net_spec.model_dump())
     return TextConditionedNet(backbone, text)

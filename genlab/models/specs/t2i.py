@@ -24,7 +24,17 @@ class TextEncoderSpec(Spec):
     frozen_from: str | None = Field(None, description="a t2i run folder whose caption encoder is loaded and frozen "
                                                       "(None: trained jointly from scratch)")
     lr_scale: float = Field(1.0, ge=0.0, le=10.0, description="learning rate of the caption encoder over optim.lr "
-                                                              "(0: it keeps its random initialisation)")
+                                                              "(0: it keeps its initial weights)")
+    pretrain_steps: int = Field(0, ge=0, le=1_000_000, description="steps of caption pretraining before the denoiser "
+                                "trains: the encoder learns to state each caption's scene, objects in spatial order "
+                                "(genlab/models/caption_pretrain.py; 0: none)")
+
+    @model_validator(mode="after")
+    def _check_pretrain(self):
+        if self.pretrain_steps and self.frozen_from is not None:
+            raise ValueError("model.text.pretrain_steps and model.text.frozen_from both set the caption encoder; "
+                             "drop one")
+        return self
 
 
 class T2ISpec(DiffusionSpec):
