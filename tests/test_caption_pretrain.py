@@ -79,10 +79,13 @@ def test_pretraining_teaches_a_bag_of_words_encoder_word_order():
     opt = torch.optim.Adam(head.parameters(), lr=1e-2)
     ids = caption_ids(TOKENIZER, train, L)
     with torch.no_grad():
-        context = encoder(ids)
+        context, mask = encoder(ids)
+
+    def frozen(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # the encodings, precomputed
+        return context[rows], mask[rows]
+
     for step in range(150):
         batch = torch.randint(len(ids), (128,), generator=torch.Generator().manual_seed(step))
-        frozen = lambda rows: (context[0][rows], context[1][rows])  # noqa: E731  (the encodings, precomputed)
         loss = scene_loss(head, frozen, batch, scenes[batch], roles[batch])[0]
         opt.zero_grad()
         loss.backward()

@@ -19,7 +19,8 @@ TINY_EVALUATOR = A.AttrConfig(width=8, feature_dim=32, steps=4, batch_size=8)
 T2I_PIXEL_TINY = ["data.n=100", "model.unet.channels=16", "model.unet.channel_mult=[1,2]", "model.unet.num_res_blocks=1",
                   "model.unet.attention_resolutions=[16]", "model.text.d_model=16", "model.text.n_layers=1",
                   "model.text.n_heads=2", "optim.batch_size=8", "trainer.max_steps=2", "trainer.max_time=null",
-                  "trainer.progress=false", "trainer.sample_n=4", "trainer.precision=32"]
+                  "trainer.progress=false", "trainer.sample_n=4", "trainer.precision=32",
+                  "model.text.pretrain_steps=20"]
 
 
 @pytest.fixture(autouse=True)

@@ -72,7 +72,7 @@ def scene_labels(captions: Sequence[str], max_len: int) -> tuple[Tensor, Tensor]
     for i, caption in enumerate(captions):
         prompt = parse_caption(caption)
         objects = [prompt.objects[j] for j in spatial_order(prompt.relation)] + [None]
-        axis = 0 if prompt.relation is None else 1 if prompt.relation.startswith("to the") else 2
+        axis = 0 if prompt.relation is None else 1 if prompt.relation in ("to the left of", "to the right of") else 2
         scenes.append(_slot_labels(objects[0]) + _slot_labels(objects[1]) + [axis])
         words = word_roles(caption)[:max_len]
         roles[i, : len(words)] = torch.tensor([ROLES - 1 if r < 0 else r for r in words])
@@ -91,7 +91,7 @@ class SceneHead(nn.Module):
         self.axis = nn.Linear(2 * dim, len(AXES))
         self.role = nn.Linear(dim, ROLES)
 
-    def forward(self, context: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, context: Tensor, mask: Tensor) -> tuple[list[Tensor], Tensor]:
         """context (B, 1 + L, D), mask (B, 1 + L) from TextEncoder -> (scene logits: a list of (B, classes), one
         per column of `scene_labels`; role logits (B, L, ROLES))."""
         scores = torch.einsum("qd,bld->bql", self.queries, self.key(context)) / context.shape[-1] ** 0.5
