@@ -30,8 +30,8 @@ from genlab.engine.runs import load_run_model  # noqa: E402
 from genlab.engine.textgen import generate_text, infill_text  # noqa: E402
 from genlab.imageio import sample_picture  # noqa: E402
 from genlab.models.specs import FAMILY_SAMPLE_OPTIONS  # noqa: E402
-from genlab.serve.app import create_app  # noqa: E402
-from genlab.serve.jobs import ModelCache  # noqa: E402
+from genlab.serve.app import POLL_SECONDS, create_app  # noqa: E402
+from genlab.serve.jobs import Job, ModelCache  # noqa: E402
 from genlab.serve.sampling import Limits, form_options  # noqa: E402
 
 
@@ -152,7 +152,18 @@ def test_served_image_equals_genlab_sample_and_carries_its_parameters(client, se
     assert client.get(f"/api/jobs/{job['id']}/params.json").json()["cells"][0] == params
 
 
-def test_progress_streams_previews_and_ends_done(client):
+def test_progress_streams_previews_and_ends_done(client, monkeypatch):
+    """Progress reaches the page over Server-Sent Events: rising, with previews, ending "done". The stream polls
+    every POLL_SECONDS and sends the state it finds, so each step here holds its state for three polls (a
+    tiny model's draw can otherwise end between two polls, and the stream then sees 0 and 1 only)."""
+    update = Job.update
+
+    def held_update(job, **changes):
+        update(job, **changes)
+        if 0 < changes.get("progress", 0) < 1:
+            time.sleep(3 * POLL_SECONDS)
+
+    monkeypatch.setattr(Job, "update", held_update)
     r = client.post("/api/sample", json={"run": "digits", "n": 2, "seed": 0, "options": {"steps": 16}})
     events = []
     with client.stream("GET", f"/api/jobs/{r.json()['id']}/events") as stream:
