@@ -80,9 +80,8 @@ def build_text_network(spec: T2ISpec, shape: tuple[int, ...], vocab_size: int) -
     if h != w:
         raise ConfigError(f"model.net={spec.net} needs square inputs, got {h}x{w}")
     text = build_text_encoder(spec.text, vocab_size)
-    t = spec.text
     net_class, net_spec = (UNet, spec.unet) if spec.net == "unet" else (DiT, spec.dit)
-    backbone = net_class(in_channels=c, out_channels=c, resolution=h, context_dim=t.d_model, **net_spec.model_dump())
+    backbone = net_class(in_channels=c, out_channels=c, resolution=h, context_dim=text.dim, **net_spec.model_dump())
     return TextConditionedNet(backbone, text)
 
 
